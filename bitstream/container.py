@@ -1,0 +1,223 @@
+"""The .bin container: a self-describing header, then CRC32-framed packets. Spec: docs/bitstream.md.
+
+Every size read from a file is bounded before anything is allocated from it, and every failure is a
+`BitstreamError` whose message a person can act on.
+"""
+from __future__ import annotations
+
+import enum
+import zlib
+from dataclasses import dataclass, field
+
+from bitstream.errors import BitstreamError
+
+MAGIC = b"LIC\x1a"
+VERSION = 1
+MAX_SIDE = 1 << 16          # width and height are at most 65536
+MAX_PIXELS = 1 << 28        # and together at most 268 M pixels
+MAX_MODEL_ID = 32
+MAX_PACKETS = 4096
+MAX_RANGE = 1 << 32         # packet first/count fields
+FAMILIES = ("hp", "vq")
+MODES = ("image", "video")
+
+
+class PacketKind(enum.IntEnum):
+    HYPER = 1     # hyper-latent z of the hp family
+    LATENT = 2    # main latent y, or a range of its channels
+    INDICES = 3   # vector-quantizer indices
+    ROI = 4       # region-of-interest map
+
+
+@dataclass
+class Header:
+    family: str
+    model_id: str
+    weights_hash: bytes
+    width: int
+    height: int
+    quality: float = 0.0    # stored to 0.01
+    codebook: int = 0       # codebook size K (vq), 0 when unused
+    depth: int = 0          # residual-VQ depth, 0 when unused
+    mode: str = "image"
+    version: int = VERSION
+
+
+@dataclass
+class Packet:
+    kind: PacketKind
+    first: int              # first channel / token / row this packet covers
+    count: int              # how many it covers
+    payload: bytes | None   # None when the packet was lost or failed its CRC
+    offset: int = -1        # byte offset of the packet in the file (set on read)
+    length: int = 0         # bytes of the packet in the file, framing included (set on read)
+
+    @property
+    def damaged(self) -> bool:
+        return self.payload is None
+
+
+@dataclass
+class Container:
+    header: Header
+    packets: list[Packet] = field(default_factory=list)
+
+    def packet(self, kind: PacketKind) -> list[Packet]:
+        return [p for p in self.packets if p.kind == kind]
+
+
+# --- varints (LEB128, unsigned) ---
+
+def _put_varint(out: bytearray, value: int) -> None:
+    if value < 0:
+        raise ValueError("varint must be non-negative")
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return
+
+
+class _Reader:
+    def __init__(self, data: bytes, what: str = "header") -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise BitstreamError(f"truncated file: the {self.what} ends early (at byte {len(self.data)})")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self, limit: int, name: str) -> int:
+        value = shift = 0
+        for _ in range(10):
+            byte = self.u8()
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if value > limit:
+                    raise BitstreamError(f"absurd {name} in {self.what}: {value} (at most {limit})")
+                return value
+        raise BitstreamError(f"malformed {name} in {self.what}")
+
+
+def header_bytes(h: Header) -> bytes:
+    if h.family not in FAMILIES or h.mode not in MODES:
+        raise ValueError(f"unknown family {h.family!r} or mode {h.mode!r}")
+    mid = h.model_id.encode("ascii")
+    if not 1 <= len(mid) <= MAX_MODEL_ID or len(h.weights_hash) != 4:
+        raise ValueError("model id must be 1..32 ASCII bytes and the weights hash 4 bytes")
+    if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE and h.width * h.height <= MAX_PIXELS):
+        raise ValueError(f"image size {h.width}x{h.height} is outside what the format holds")
+    out = bytearray(MAGIC)
+    out += bytes([h.version, FAMILIES.index(h.family), MODES.index(h.mode), 0, len(mid)])
+    out += mid + h.weights_hash
+    _put_varint(out, h.width - 1)
+    _put_varint(out, h.height - 1)
+    _put_varint(out, int(round(h.quality * 100)))
+    _put_varint(out, h.codebook)
+    _put_varint(out, h.depth)
+    return bytes(out)
+
+
+def write(c: Container) -> bytes:
+    out = bytearray(header_bytes(c.header))
+    if len(c.packets) > MAX_PACKETS:
+        raise ValueError("too many packets")
+    _put_varint(out, len(c.packets))
+    out += zlib.crc32(out).to_bytes(4, "little")
+    for p in c.packets:
+        if p.payload is None:
+            raise ValueError("cannot write a lost packet")
+        frame = bytearray([int(p.kind)])
+        _put_varint(frame, p.first)
+        _put_varint(frame, p.count)
+        _put_varint(frame, len(p.payload))
+        frame += p.payload
+        out += frame + zlib.crc32(frame).to_bytes(4, "little")
+    return bytes(out)
+
+
+def read_header(data: bytes) -> tuple[Header, int, int]:
+    """-> (header, packet count, offset of the first packet). Raises BitstreamError."""
+    if len(data) == 0:
+        raise BitstreamError("empty file: not a codec bitstream")
+    r = _Reader(data)
+    if r.take(min(4, len(data))) != MAGIC:
+        raise BitstreamError("not a codec bitstream (wrong magic bytes)")
+    version, family, mode, flags, id_len = (r.u8() for _ in range(5))
+    if version != VERSION:
+        raise BitstreamError(f"unsupported format version {version} (this reader knows {VERSION})")
+    if family >= len(FAMILIES) or mode >= len(MODES) or flags != 0:
+        raise BitstreamError("corrupt header: unknown model family, mode or flags")
+    if not 1 <= id_len <= MAX_MODEL_ID:
+        raise BitstreamError(f"corrupt header: model id length {id_len}")
+    try:
+        model_id = r.take(id_len).decode("ascii")
+    except UnicodeDecodeError:
+        raise BitstreamError("corrupt header: model id is not ASCII") from None
+    weights_hash = r.take(4)
+    width = r.varint(MAX_SIDE - 1, "width") + 1
+    height = r.varint(MAX_SIDE - 1, "height") + 1
+    if width * height > MAX_PIXELS:
+        raise BitstreamError(f"absurd image size {width}x{height} in header")
+    quality = r.varint(10000, "quality") / 100
+    codebook = r.varint(1 << 20, "codebook size")
+    depth = r.varint(64, "depth")
+    count = r.varint(MAX_PACKETS, "packet count")
+    crc = int.from_bytes(r.take(4), "little")
+    if crc != zlib.crc32(data[:r.pos - 4]):
+        raise BitstreamError("corrupt header (CRC mismatch)")
+    header = Header(FAMILIES[family], model_id, weights_hash, width, height, quality, codebook, depth,
+                    MODES[mode], version)
+    return header, count, r.pos
+
+
+def read(data: bytes, strict: bool = True) -> Container:
+    """Parse a .bin. strict: any damaged packet raises; else it is kept with payload None, and a
+    truncated tail loses only the packets it cuts."""
+    data = bytes(data)
+    header, count, pos = read_header(data)
+    packets: list[Packet] = []
+    for i in range(count):
+        start = pos
+        r = _Reader(data, f"packet {i}")
+        r.pos = pos
+        try:
+            kind = r.u8()
+            first = r.varint(MAX_RANGE, "packet start")
+            span = r.varint(MAX_RANGE, "packet count")
+            length = r.varint(len(data), "packet length")
+            payload = r.take(length)
+            crc = int.from_bytes(r.take(4), "little")
+        except BitstreamError:
+            if strict:
+                raise
+            break  # a truncated or garbled frame: the packets from here on are lost
+        pos = r.pos
+        ok = crc == zlib.crc32(data[start:pos - 4]) and kind in PacketKind._value2member_map_
+        if not ok and strict:
+            raise BitstreamError(f"packet {i} is corrupt (CRC mismatch)")
+        packets.append(Packet(PacketKind(kind) if ok else PacketKind.LATENT, first, span,
+                              payload if ok else None, start, pos - start))
+    if strict and pos != len(data):
+        raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last packet")
+    return Container(header, packets)
+
+
+def describe(data: bytes) -> dict:
+    """Header fields and the packet list ({offset, length, kind, ...} in file bytes) of a .bin."""
+    c = read(data)
+    h = c.header
+    return {
+        "format_version": h.version, "family": h.family, "model_id": h.model_id,
+        "weights_hash": h.weights_hash.hex(), "mode": h.mode, "width": h.width, "height": h.height,
+        "quality": h.quality, "codebook": h.codebook, "depth": h.depth, "bytes": len(data),
+        "packets": [{"offset": p.offset, "length": p.length, "kind": p.kind.name.lower(),
+                     "first": p.first, "count": p.count} for p in c.packets],
+    }

@@ -1,0 +1,16 @@
+"""A learned image codec.
+
+    import codec
+    data = codec.encode("photo.png", model="hp", quality=50)   # bytes of a .bin
+    image = codec.decode(data)                                 # PIL.Image
+"""
+__version__ = "0.1.0"
+__all__ = ["encode", "decode"]
+
+
+def __getattr__(name):
+    # The API pulls in torch; import it on first use so `codec info` and `bitstream` stay light.
+    if name in __all__:
+        from codec import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'codec' has no attribute {name!r}")

@@ -1,0 +1,96 @@
+"""The Python API, and the one code path the CLI calls:
+
+    data = codec.encode("kodim23.png", model="hp", quality=50)   # -> bytes of a .bin
+    image = codec.decode(data)                                   # -> PIL.Image
+
+Bad data raises bitstream.BitstreamError; a bad image raises codec.io.ImageReadError; bad arguments
+raise ValueError.
+"""
+from __future__ import annotations
+
+import math
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import bitstream
+from bitstream import BitstreamError, Container, Header
+from codec import zoo
+from codec.entropy import hp as hp_entropy
+from codec.io import load_image
+
+PAD = 64  # the hp transforms downsample by 64 in all (16 for y, 4 more for z)
+QUALITY_RANGE = (0.0, 100.0)
+
+
+def as_rgb(image) -> np.ndarray:
+    """A path, encoded bytes, a PIL image or an (H, W, 3) uint8 array -> (H, W, 3) uint8."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
+        return image
+    return load_image(image)
+
+
+def _level(model, quality: float) -> torch.Tensor:
+    """quality 0..100 (stored to 0.01) -> continuous rate level over the trained lambdas."""
+    return torch.tensor([quality / 100 * (model.n_levels - 1)], dtype=torch.float32)
+
+
+def _check_quality(quality: float) -> float:
+    if not (isinstance(quality, (int, float)) and math.isfinite(quality)):
+        raise ValueError(f"quality must be a number, got {quality!r}")
+    if not QUALITY_RANGE[0] <= quality <= QUALITY_RANGE[1]:
+        raise ValueError(f"quality must be in 0..100, got {quality}")
+    return round(float(quality), 2)  # the header stores hundredths; encode with what decode will see
+
+
+def _to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
+    h, w = x.shape[2:]
+    # Replicate-pad to whole 64-pixel blocks: an edge copy costs fewer bits than a black border.
+    return F.pad(x, (0, -w % PAD, 0, -h % PAD), mode="replicate") if (h % PAD or w % PAD) else x
+
+
+def _to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
+    x = x[0, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def encode(image, model: str = "hp", quality: float = 50, device: str = "cpu") -> bytes:
+    """Compress an image to the bytes of a .bin file."""
+    quality = _check_quality(quality)
+    net, meta, whash = zoo.load(zoo.DEFAULT_MODEL.get(model, model), device)
+    rgb = as_rgb(image)
+    h, w = rgb.shape[:2]
+    header = Header(family=meta["family"], model_id=meta["model_id"], weights_hash=whash,
+                    width=w, height=h, quality=quality)
+    bitstream.container.header_bytes(header)  # validates the size before any model work
+    x = _to_tensor(rgb, device)
+    packets, _ = hp_entropy.compress(net, x, _level(net, quality).to(device))
+    return bitstream.write(Container(header, packets))
+
+
+def decode_rgb(data: bytes, device: str = "cpu") -> np.ndarray:
+    """The bytes of a .bin file -> (H, W, 3) uint8."""
+    container = bitstream.read(data)
+    header = container.header
+    try:
+        net, meta, whash = zoo.load(header.model_id, device)
+    except zoo.ModelNotFound as e:
+        raise BitstreamError(f"this file needs model {header.model_id!r}, which is not installed ({e})") from None
+    if whash != header.weights_hash:
+        raise BitstreamError(f"this file was made with other weights for model {header.model_id!r} "
+                             f"({header.weights_hash.hex()} here {whash.hex()})")
+    hp, wp = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
+    level = _level(net, header.quality).to(device)
+    y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level)
+    return _to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
+
+
+def decode(data: bytes, device: str = "cpu") -> Image.Image:
+    """The bytes of a .bin file -> PIL image (RGB)."""
+    return Image.fromarray(decode_rgb(data, device), "RGB")

@@ -1,0 +1,208 @@
+"""Command line: `codec encode`, `codec decode`, `codec info`.
+
+Quiet by default: a one-line summary on stderr, or one JSON object on stdout with --json.
+Errors: one line `codec: error: ...` on stderr; exit 1 for bad data or files, 2 for bad usage.
+Outputs are written to a temporary file and renamed into place, so a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bitstream import BitstreamError, describe
+from codec import __version__
+from codec.metrics import bpp
+
+EXIT_DATA, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as the CLI contract says
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _quality(text: str) -> float:
+    try:
+        q = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quality must be a number, got {text!r}") from None
+    if not (math.isfinite(q) and 0 <= q <= 100):
+        raise argparse.ArgumentTypeError(f"quality must be in 0..100, got {text}")
+    return q
+
+
+def read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BitstreamError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise BitstreamError(f"{path} is a directory, not a file") from None
+    except OSError as e:
+        raise BitstreamError(f"cannot read {path}: {e.strerror}") from None
+
+
+def write_output(path: str, data: bytes) -> None:
+    """Write atomically: a temporary file beside the target, renamed over it when complete."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
+    except OSError as e:
+        raise BitstreamError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _report(args, summary: str, fields: dict) -> None:
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        print(summary, file=sys.stderr)
+
+
+def cmd_encode(args) -> None:
+    from codec import api
+    from codec.io import load_image
+    from codec.metrics import psnr
+
+    rgb = load_image(read_input(args.input))
+    t0 = time.perf_counter()
+    data = api.encode(rgb, model=args.model, quality=args.quality, device=args.device)
+    encode_s = time.perf_counter() - t0
+    h, w = rgb.shape[:2]
+    fields = {"input": args.input, "output": args.output, "model": args.model, "quality": args.quality,
+              "width": w, "height": h, "bytes": len(data), "bpp": round(bpp(len(data), w, h), 5),
+              "encode_s": round(encode_s, 3)}
+    if args.json:  # the PSNR a user will get: decode the very bytes just written
+        t0 = time.perf_counter()
+        decoded = api.decode_rgb(data, device=args.device)
+        fields["decode_s"] = round(time.perf_counter() - t0, 3)
+        fields["psnr"] = round(psnr(rgb, decoded), 3)
+    write_output(args.output, data)
+    _report(args, f"{args.input} -> {args.output}: {len(data)} bytes, {fields['bpp']:.4f} bpp", fields)
+
+
+def cmd_decode(args) -> None:
+    from codec import api
+    from codec.io import encode_image, image_format
+
+    suffix = "" if args.output == "-" else Path(args.output).suffix
+    try:
+        image_format(suffix)
+    except ValueError as e:
+        raise UsageError(f"{e} for {args.output}") from None
+    data = read_input(args.input)
+    t0 = time.perf_counter()
+    rgb = api.decode_rgb(data, device=args.device)
+    decode_s = time.perf_counter() - t0
+    out = encode_image(rgb, suffix)
+    write_output(args.output, out)
+    h, w = rgb.shape[:2]
+    fields = {"input": args.input, "output": args.output, "width": w, "height": h, "bytes": len(data),
+              "bpp": round(bpp(len(data), w, h), 5), "decode_s": round(decode_s, 3)}
+    _report(args, f"{args.input} -> {args.output}: {w}x{h}", fields)
+
+
+def cmd_info(args) -> None:
+    fields = describe(read_input(args.input))
+    fields["bpp"] = round(bpp(fields["bytes"], fields["width"], fields["height"]), 5)
+    if args.json:
+        print(json.dumps(fields))
+        return
+    for key, value in fields.items():
+        if key != "packets":
+            print(f"{key:15s} {value}")
+    print("packets")
+    for p in fields["packets"]:
+        print(f"  {p['kind']:8s} offset {p['offset']:8d}  length {p['length']:8d}  covers {p['first']}..{p['first'] + p['count'] - 1}")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="codec", description="A learned image codec: encode images to self-describing .bin "
+               "files and decode them back, with the weights shipped in the package.",
+               epilog="Examples:\n  codec encode photo.png photo.bin --quality 60\n  codec decode photo.bin out.png\n"
+               "  codec info photo.bin --json\n'-' as IN or OUT means stdin or stdout.",
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"codec {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    e = sub.add_parser("encode", help="compress an image to a .bin", description="Compress an image "
+                       "(PNG, JPEG, WebP, ...) into a .bin file.")
+    e.add_argument("input", metavar="IN", help="image file, or - for stdin")
+    e.add_argument("output", metavar="OUT", help=".bin file to write, or - for stdout")
+    e.add_argument("--model", default="hp", choices=["hp"], help="model family (default: hp)")
+    e.add_argument("--quality", type=_quality, default=50.0,
+                   help="0..100, higher is better and larger; continuous (default: 50)")
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
+    e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="decode a .bin to an image", description="Decode a .bin file to "
+                       "an image (PNG unless OUT's extension names another format).")
+    d.add_argument("input", metavar="IN", help=".bin file, or - for stdin")
+    d.add_argument("output", metavar="OUT", help="image to write, or - for PNG on stdout")
+    d.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
+    d.add_argument("--json", action="store_true", help="print one JSON object: size, bpp, time")
+    d.set_defaults(func=cmd_decode)
+
+    i = sub.add_parser("info", help="show a .bin's header and packets", description="Print the header "
+                       "fields and the packet list (offset, length, kind) of a .bin without decoding it.")
+    i.add_argument("input", metavar="IN", help=".bin file, or - for stdin")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    from codec.io import ImageReadError
+
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "device", "cpu") == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise UsageError("--device cuda asked for, but no CUDA device is available")
+        args.func(args)
+        return 0
+    except UsageError as e:
+        print(f"codec: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BitstreamError, ImageReadError) as e:
+        print(f"codec: error: {e}", file=sys.stderr)
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        print("codec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_DATA
+    except Exception as e:  # never a traceback for a user; CODEC_DEBUG=1 shows it
+        if os.environ.get("CODEC_DEBUG"):
+            raise
+        print(f"codec: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_DATA
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Entropy coding of the hp family: a factorized prior for z, a Gaussian mean-scale prior for y.
+
+Both priors are CompressAI entropy models whose integer tables (loaded from the weights file) go to
+our range coder unchanged, in its indexed-table layout. The decoder repeats the encoder's path from
+z_hat to CDF-table indexes exactly: z_hat -> h_s -> scales -> indexes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bitstream import BitstreamError, Packet, PacketKind
+from bitstream import coder
+from codec.quantizers import scalar
+
+
+def _tables(entropy_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (entropy_model._quantized_cdf.numpy(), entropy_model._cdf_length.numpy(),
+            entropy_model._offset.numpy())
+
+
+def _z_medians_and_indexes(model, shape: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+    """The factorized prior codes channel c of z with table c, around that channel's median."""
+    eb = model.entropy_bottleneck
+    medians = eb.quantiles[:, 0, 1].detach().view(1, -1, 1, 1).expand(shape)
+    indexes = torch.arange(shape[1], dtype=torch.int32).view(1, -1, 1, 1).expand(shape)
+    return medians, indexes.numpy()
+
+
+def _y_prior(model, z_hat: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    _, _, _, hyper_inv_gain = model.gains(level)
+    scales, means = model.hyper_params(z_hat, hyper_inv_gain)
+    indexes = model.gaussian_conditional.build_indexes(scales)
+    return means, indexes.numpy()
+
+
+@torch.no_grad()
+def compress(model, x: torch.Tensor, level: torch.Tensor) -> tuple[list[Packet], torch.Tensor]:
+    """x: (1, 3, H, W), H and W multiples of 64 -> (packets [z, y], y_hat as the decoder will see it)."""
+    y, z = model.analyse(x, level)
+    z_medians, z_indexes = _z_medians_and_indexes(model, tuple(z.shape))
+    z_symbols = scalar.quantize(z, z_medians)
+    z_hat = scalar.dequantize(z_symbols, z_medians)
+    means, y_indexes = _y_prior(model, z_hat, level)
+    y_symbols = scalar.quantize(y, means)
+    z_payload = coder.encode_indexed(z_symbols.numpy(), z_indexes, *_tables(model.entropy_bottleneck))
+    y_payload = coder.encode_indexed(y_symbols.numpy(), y_indexes, *_tables(model.gaussian_conditional))
+    packets = [Packet(PacketKind.HYPER, 0, z.shape[1], z_payload),
+               Packet(PacketKind.LATENT, 0, y.shape[1], y_payload)]
+    return packets, scalar.dequantize(y_symbols, means)
+
+
+@torch.no_grad()
+def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: torch.Tensor) -> torch.Tensor:
+    """packets -> y_hat: (1, M, h, w) for the latent grid latent_hw = (H/16, W/16)."""
+    by_kind = {p.kind: p for p in packets}
+    if PacketKind.HYPER not in by_kind or PacketKind.LATENT not in by_kind:
+        raise BitstreamError("the file lacks its hyper-latent or latent packet")
+    h, w = latent_hw
+    z_shape = (1, model.N, (h + 3) // 4, (w + 3) // 4)
+    z_medians, z_indexes = _z_medians_and_indexes(model, z_shape)
+    z_symbols = coder.decode_indexed(by_kind[PacketKind.HYPER].payload, z_indexes,
+                                     *_tables(model.entropy_bottleneck))
+    z_hat = scalar.dequantize(torch.from_numpy(z_symbols).view(z_shape), z_medians)
+    means, y_indexes = _y_prior(model, z_hat, level)
+    if means.shape[2:] != (h, w):
+        raise BitstreamError("latent size does not match the image size in the header")
+    y_symbols = coder.decode_indexed(by_kind[PacketKind.LATENT].payload, y_indexes,
+                                     *_tables(model.gaussian_conditional))
+    return scalar.dequantize(torch.from_numpy(y_symbols).view(means.shape), means)

@@ -1,0 +1,1 @@
+"""Analysis/synthesis transforms of each model family."""

@@ -1,0 +1,126 @@
+"""The `hp` family: scalar quantization with a Gaussian mean-scale hyperprior and gain units.
+
+One network serves every rate. A learned per-channel gain vector scales the latent before
+rounding (a larger gain is a finer quantizer, more bits) and an inverse gain undoes it before
+synthesis (Cui et al. 2021, "asymmetric gained" compression). Gains are learned at a few
+training levels, one per rate-distortion trade-off lambda; between levels the log-gains are
+interpolated, so the rate is continuous in `level`, a float in [0, n_levels - 1].
+
+Two paths, kept apart:
+  * `forward(x, level)` is the training path: additive-noise likelihoods and bits per pixel.
+  * `analyse` / `synthesise` and the `entropy` helpers are the coding path: integer symbols,
+    CDF-table indexes and tables that `codec.entropy.hp` hands to the range coder.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecation notice is not ours
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.layers import GDN
+
+# Training lambdas (MSE scaled to 8-bit pixels, as in CompressAI); level i trades off lambdas[i].
+LAMBDAS = (0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932)
+
+# Scale table shared by encoder and decoder: scales are snapped to these before CDF lookup.
+SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
+
+
+def scale_table() -> torch.Tensor:
+    return torch.exp(torch.linspace(torch.log(torch.tensor(SCALE_MIN)),
+                                    torch.log(torch.tensor(SCALE_MAX)), SCALE_LEVELS))
+
+
+def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2,
+                              output_padding=stride - 1)
+
+
+class GainedMeanScaleHyperprior(nn.Module):
+    """x: (B, 3, H, W) in [0, 1], H and W multiples of 64 -> y: (B, M, H/16, W/16), z: (B, N, H/64, W/64)."""
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
+        super().__init__()
+        n_levels = len(lambdas)
+        self.N, self.M, self.n_levels = N, M, n_levels
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+                                 deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
+        self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N),
+                                 nn.LeakyReLU(inplace=True), conv(N, N))
+        # h_s predicts (scale, mean) of every latent channel.
+        self.h_s = nn.Sequential(deconv(N, N), nn.LeakyReLU(inplace=True), deconv(N, N),
+                                 nn.LeakyReLU(inplace=True), conv(N, 2 * M, 3, 1))
+        # Log-gains per level and channel. For MSE the best uniform quantizer step goes as
+        # 1/sqrt(lambda), so the gains start at sqrt(lambda / lambda_mid) and training refines them.
+        log_l = torch.log(torch.tensor(lambdas, dtype=torch.float32))
+        init = (0.5 * (log_l - log_l.mean()))[:, None]
+        self.log_gain = nn.Parameter(init.repeat(1, M))
+        self.log_inv_gain = nn.Parameter(-init.repeat(1, M))
+        self.log_hyper_gain = nn.Parameter(init.repeat(1, N))
+        self.log_hyper_inv_gain = nn.Parameter(-init.repeat(1, N))
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None, scale_bound=SCALE_MIN)
+
+    def gains(self, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """level: (B,) floats in [0, n_levels-1] -> four gain tensors shaped (B, C, 1, 1).
+
+        Log-gains are interpolated linearly between the two nearest trained levels, so the
+        gains themselves are interpolated geometrically and the rate moves smoothly."""
+        level = level.clamp(0, self.n_levels - 1)
+        lo = level.floor().long().clamp(max=self.n_levels - 2)
+        t = (level - lo.to(level.dtype))[:, None]
+        out = []
+        for table in (self.log_gain, self.log_inv_gain, self.log_hyper_gain, self.log_hyper_inv_gain):
+            log_g = (1 - t) * table[lo] + t * table[lo + 1]
+            out.append(torch.exp(log_g)[:, :, None, None])
+        return tuple(out)
+
+    def hyper_params(self, z_hat: torch.Tensor, hyper_inv_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scales, means = self.h_s(z_hat * hyper_inv_gain).float().chunk(2, 1)
+        return scales, means
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
+        gain, inv_gain, hgain, hinv_gain = self.gains(level)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            y = self.g_a(x)
+        y = y.float() * gain
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            z = self.h_a(y)
+        # Likelihoods stay in float32: bf16 would blur the rate term.
+        z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * hgain)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            scales, means = self.hyper_params(z_hat, hinv_gain)
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means)
+        # The synthesis sees the rounded latent (straight-through), as the decoder will;
+        # the rate term above sees additive noise.
+        y_hat = y + (torch.round(y - means) + means - y).detach()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # --- coding path (float latents in, float latents out; symbols are made in codec.entropy) ---
+
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (gained y, gained z) ready for quantization."""
+        gain, _, hgain, _ = self.gains(level)
+        y = self.g_a(x) * gain
+        z = self.h_a(y) * hgain
+        return y, z
+
+    @torch.no_grad()
+    def synthesise(self, y_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        _, inv_gain, _, _ = self.gains(level)
+        return self.g_s(y_hat * inv_gain).clamp(0, 1)
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()

@@ -1,0 +1,1 @@
+"""Quantizers: continuous latents -> integer symbols and back."""

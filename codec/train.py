@@ -1,0 +1,244 @@
+"""Resumable, time-budgeted training of the variable-rate hp model.
+
+    python -m codec.train --data .data/train --ckpt .ckpt --minutes 8 --out OUTDIR
+
+Each call trains until its time budget is spent, then writes a full checkpoint (model, optimizers,
+step, GPU seconds) to --ckpt, the fp16 safetensors weights ready to ship to --out (small enough to
+come back from a device command), and appends one row per logging window to train-log.csv: step,
+seconds, loss, bpp, PSNR. The next call resumes from --ckpt while the machine still holds it, or
+else from --init, the shipped fp16 weights, with fresh optimizer state: fp16 rounding moves a weight
+by far less than one Adam step, so nothing is lost but the optimizer's moments.
+
+A rate level is drawn per sample, uniformly over the continuous range [0, n_levels - 1], with
+lambda interpolated geometrically between the trained lambdas, so every quality in between is
+trained and the rate is smooth in the level.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec import zoo
+from codec.io import find_images, load_image
+from codec.models.hp import LAMBDAS
+
+def load_dataset(root: Path, workers: int) -> np.ndarray:
+    """Every image under root -> (N, 3, S, S) uint8, centre-cropped to the smallest side S."""
+    paths = find_images(root)
+    if not paths:
+        raise SystemExit(f"no images under {root}")
+    with Pool(workers) as pool:
+        images = pool.map(load_image, paths, chunksize=16)
+    side = min(min(im.shape[:2]) for im in images)
+    out = np.empty((len(images), 3, side, side), np.uint8)
+    for i, im in enumerate(images):
+        top, left = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
+        out[i] = im[top:top + side, left:left + side].transpose(2, 0, 1)
+    return out
+
+
+def random_batch(images: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (N, 3, S, S) on the device -> float (batch, 3, crop, crop) in [0, 1], random crops and flips."""
+    n, _, side, _ = images.shape
+    dev = images.device
+    pick = torch.randint(n, (batch,), generator=gen, device=dev)
+    top = torch.randint(side - crop + 1, (batch,), generator=gen, device=dev)
+    left = torch.randint(side - crop + 1, (batch,), generator=gen, device=dev)
+    ar = torch.arange(crop, device=dev)
+    rows = (top[:, None] + ar)[:, None, :, None]
+    cols = (left[:, None] + ar)[:, None, None, :]
+    x = images[pick[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols]
+    x = x.float().div_(255)
+    flip = torch.rand(batch, generator=gen, device=dev) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def lambda_of(level: torch.Tensor) -> torch.Tensor:
+    log_l = torch.log(torch.tensor(LAMBDAS, device=level.device))
+    lo = level.floor().long().clamp(max=len(LAMBDAS) - 2)
+    t = level - lo
+    return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
+
+
+def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (bpp, mse) from a forward pass."""
+    pixels = x.shape[2] * x.shape[3]
+    bits = sum(torch.log(l).sum(dim=(1, 2, 3)) for l in out["likelihoods"].values()) / -math.log(2)
+    mse = (out["x_hat"] - x).pow(2).mean(dim=(1, 2, 3))
+    return bits / pixels, mse
+
+
+@torch.no_grad()
+def validate(model, images: torch.Tensor) -> list[dict]:
+    """Rounded (not noisy) latents on held-out crops: estimated bpp and PSNR at each trained level."""
+    model.eval()
+    x = images.float().div(255)
+    rows = []
+    for level in range(len(LAMBDAS)):
+        lv = torch.full((x.shape[0],), float(level), device=x.device)
+        y, z = model.analyse(x, lv)
+        _, _, _, hinv = model.gains(lv)
+        z_hat, z_lik = model.entropy_bottleneck(z, training=False)
+        scales, means = model.hyper_params(z_hat, hinv)
+        y_hat, y_lik = model.gaussian_conditional(y, scales, means, training=False)
+        x_hat = model.synthesise(y_hat, lv)
+        bpp, mse = rd_terms({"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}, x)
+        psnr = (10 * torch.log10(1 / mse)).mean().item()
+        rows.append({"level": level, "bpp": round(bpp.mean().item(), 4), "psnr": round(psnr, 3)})
+    model.train()
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="folder of training images (searched recursively)")
+    ap.add_argument("--ckpt", type=Path, default=Path(".ckpt"), help="full checkpoint folder (resumed if present)")
+    ap.add_argument("--init", type=Path, help="shipped .safetensors weights to start from if --ckpt is empty")
+    ap.add_argument("--out", type=Path, required=True, help="where the exported weights and the logs are written")
+    ap.add_argument("--minutes", type=float, default=8.0, help="training time budget of this call")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--crop", type=int, default=192)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr-final", type=float, default=None,
+                    help="decay the lr linearly to this value over the last --decay-fraction of the budget")
+    ap.add_argument("--decay-fraction", type=float, default=0.3)
+    ap.add_argument("--N", type=int, default=128)
+    ap.add_argument("--M", type=int, default=192)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+
+    start = time.time()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.ckpt.mkdir(parents=True, exist_ok=True)
+
+    data = load_dataset(args.data, args.workers)
+    # Every 50th image is held out for the end-of-call validation.
+    held = np.zeros(len(data), bool)
+    held[::50] = True
+    train_images = torch.from_numpy(data[~held]).to(dev)
+    val_images = torch.from_numpy(data[held]).to(dev)
+    print(f"data: {len(train_images)} train, {len(val_images)} held out, {time.time() - start:.1f}s", flush=True)
+
+    meta = {"family": "hp", "model_id": "hp", "N": args.N, "M": args.M, "lambdas": list(LAMBDAS)}
+    model = zoo.build("hp", meta).to(dev).to(memory_format=torch.channels_last)
+    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.Adam(main_params, lr=args.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    step, gpu_seconds = 0, 0.0
+    full = args.ckpt / "state.pt"
+    if full.exists():
+        state = torch.load(full, map_location=dev)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["opt"])
+        aux_opt.load_state_dict(state["aux_opt"])
+        step, gpu_seconds = state["step"], state["gpu_seconds"]
+        print(f"resumed full checkpoint at step {step}, {gpu_seconds / 60:.1f} GPU-min", flush=True)
+    elif args.init:
+        shipped, init_meta = zoo.load_file(args.init, dev)
+        model.load_state_dict(shipped.state_dict(), strict=False)
+        step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
+        print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
+    for g in opt.param_groups:
+        g["lr"] = args.lr
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
+
+    fwd = torch.compile(model) if args.compile else model
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(1234 + step)
+    log_path = args.out / "train-log.csv"
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", "gpu_seconds", "loss", "bpp", "psnr", "aux", "lr", "steps_per_s"])
+
+    budget = args.minutes * 60 - (time.time() - start)
+    t0 = time.time()
+    window = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "aux": 0.0, "n": 0}
+    window_start = time.time()
+    model.train()
+    while True:
+        elapsed = time.time() - t0
+        if elapsed > budget:
+            break
+        if args.lr_final is not None:
+            decay_start = budget * (1 - args.decay_fraction)
+            frac = min(max((elapsed - decay_start) / (budget - decay_start), 0.0), 1.0)
+            for g in opt.param_groups:
+                g["lr"] = args.lr + frac * (args.lr_final - args.lr)
+        x = random_batch(train_images, args.batch, args.crop, gen)
+        level = torch.rand(args.batch, generator=gen, device=dev) * (len(LAMBDAS) - 1)
+        try:
+            out = fwd(x, level)
+        except Exception as e:  # a compiler failure must not cost the GPU call: fall back to eager
+            if fwd is model:
+                raise
+            print(f"torch.compile failed ({type(e).__name__}: {e}); running eager", flush=True)
+            fwd = model
+            out = fwd(x, level)
+        bpp, mse = rd_terms(out, x)
+        loss = (lambda_of(level) * 255 ** 2 * mse + bpp).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        aux = model.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
+        step += 1
+        window["n"] += 1
+        window["loss"] += loss.detach()
+        window["bpp"] += bpp.detach().mean()
+        window["psnr"] += (10 * torch.log10(1 / mse.detach())).mean()
+        window["aux"] += aux.detach()
+        if step % args.log_every == 0:
+            n = window.pop("n")
+            now = time.time()
+            row = {k: (v / n).item() for k, v in window.items()}
+            rate = n / (now - window_start)
+            log.writerow([step, round(gpu_seconds + now - t0, 1), f"{row['loss']:.5f}", f"{row['bpp']:.5f}",
+                          f"{row['psnr']:.3f}", f"{row['aux']:.2f}", f"{opt.param_groups[0]['lr']:.2e}",
+                          f"{rate:.1f}"])
+            log_file.flush()
+            print(f"step {step} loss {row['loss']:.4f} bpp {row['bpp']:.4f} psnr {row['psnr']:.2f} "
+                  f"aux {row['aux']:.1f} {rate:.1f} it/s", flush=True)
+            window = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "aux": 0.0, "n": 0}
+            window_start = now
+    gpu_seconds += time.time() - t0
+    log_file.close()
+
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+             "step": step, "gpu_seconds": gpu_seconds}
+    torch.save(state, args.ckpt / "state.tmp")
+    os.replace(args.ckpt / "state.tmp", full)
+
+    rows = validate(model, val_images)
+    with open(args.out / "val-log.csv", "a", newline="") as f:
+        w = csv.writer(f)
+        for r in rows:
+            w.writerow([step, round(gpu_seconds, 1), r["level"], r["bpp"], r["psnr"]])
+    print("validation (held-out crops, rounded latents):", rows, flush=True)
+    meta.update(steps=step, gpu_seconds=round(gpu_seconds, 1), batch=args.batch, crop=args.crop)
+    zoo.export(model, args.out / zoo.MODELS["hp"], meta)
+    print(f"done: step {step}, {gpu_seconds / 60:.1f} GPU-min, wall {time.time() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The model zoo: which weights ship, how they are written and read (fp16 safetensors, no pickle).
+
+A weights file holds the float parameters in fp16 and the tables of the entropy models (int32 CDFs,
+the float32 scale table) exactly, computed once at export from the fp16-rounded parameters. Encoder and decoder therefore
+read the same tables from disk instead of each recomputing them in floating point.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# Model id -> weights file. The id is what a .bin header records.
+MODELS = {
+    "hp": "hp-gain-v1.safetensors",
+}
+DEFAULT_MODEL = {"hp": "hp"}
+
+_TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def is_table(key: str) -> bool:
+    return key.endswith(_TABLE_SUFFIXES)
+
+
+def build(family: str, config: dict) -> torch.nn.Module:
+    if family == "hp":
+        from codec.models.hp import GainedMeanScaleHyperprior
+        return GainedMeanScaleHyperprior(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
+    raise ModelNotFound(f"unknown model family {family!r}")
+
+
+def update_tables(model: torch.nn.Module) -> None:
+    """Compute integer CDF tables from the current parameters (export time only)."""
+    from codec.models.hp import scale_table
+    model.gaussian_conditional.update_scale_table(scale_table(), force=True)
+    model.entropy_bottleneck.update(force=True)
+
+
+def export(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
+    """Write fp16 parameters and int32 tables; `meta` must hold family, N, M, lambdas."""
+    model = model.float().cpu().eval()
+    with torch.no_grad():  # round to fp16 first so the tables match the shipped parameters
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    update_tables(model)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().contiguous()
+        # Tables keep their exact dtype (int32 CDFs, float32 scale table); the rest is fp16.
+        tensors[key] = value if is_table(key) else value.half()
+    save_file(tensors, str(path), metadata={"codec": json.dumps(meta)})
+
+
+def weights_hash(path: str | Path) -> bytes:
+    """First 4 bytes of the SHA-256 of the weights file: stamped into every .bin it makes."""
+    return hashlib.sha256(Path(path).read_bytes()).digest()[:4]
+
+
+def read_meta(path: str | Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["codec"])
+
+
+def load_file(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    meta = read_meta(path)
+    model = build(meta["family"], meta)
+    params = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        missing = sorted(k for k in params if k not in keys)
+        if missing:
+            raise ModelNotFound(f"{path} lacks {len(missing)} tensors, e.g. {missing[0]}")
+        for key in keys:
+            value = f.get_tensor(key)
+            if is_table(key):
+                # Table buffers are sized by the file, not by the freshly built module.
+                module_path, _, name = key.rpartition(".")
+                model.get_submodule(module_path).register_buffer(name, value.clone())
+            else:
+                params[key].copy_(value.float())
+    return model.to(device).eval(), meta
+
+
+@functools.lru_cache(maxsize=4)
+def load(model_id: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, bytes]:
+    """model id -> (model in eval mode, its metadata, its 4-byte weights hash)."""
+    if model_id not in MODELS:
+        raise ModelNotFound(f"unknown model {model_id!r} (known: {', '.join(MODELS)})")
+    path = WEIGHTS_DIR / MODELS[model_id]
+    if not path.exists():
+        raise ModelNotFound(f"weights for {model_id!r} are not installed ({path})")
+    model, meta = load_file(path, device)
+    return model, meta, weights_hash(path)

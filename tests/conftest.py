@@ -1,0 +1,22 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "datasets" / "samples"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def sample_rgb() -> np.ndarray:
+    from codec.io import load_image
+    return load_image(SAMPLES / "unsplash-jacob-aguilar-256.png")
+
+
+@pytest.fixture(scope="session")
+def kodak_dir() -> Path:
+    path = SHARED / "datasets" / "kodak"
+    if not path.is_dir():
+        pytest.skip("../shared/datasets/kodak is not here (a user's clone)")
+    return path

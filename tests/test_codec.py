@@ -1,0 +1,85 @@
+"""End-to-end behaviour of the hp codec with the shipped weights (CPU)."""
+import numpy as np
+import pytest
+import torch
+
+import bitstream
+import codec
+from codec import api, zoo
+from codec.entropy import hp as hp_entropy
+from codec.metrics import bpp, psnr
+
+
+def test_round_trip_returns_an_image_of_the_same_size_and_sane_quality(sample_rgb):
+    data = codec.encode(sample_rgb, quality=60)
+    out = np.asarray(codec.decode(data))
+    assert out.shape == sample_rgb.shape
+    assert psnr(sample_rgb, out) > 24
+
+
+def test_encoding_twice_gives_identical_bytes(sample_rgb):
+    assert codec.encode(sample_rgb, quality=35) == codec.encode(sample_rgb, quality=35)
+
+
+def test_decoding_is_lossless_with_respect_to_the_quantized_latents(sample_rgb):
+    """What the decoder outputs equals the synthesis of the encoder's own quantized latents."""
+    net, _, _ = zoo.load("hp")
+    x = api._to_tensor(sample_rgb, "cpu")
+    level = api._level(net, 50.0)
+    _, y_hat = hp_entropy.compress(net, x, level)
+    expected = api._to_rgb(net.synthesise(y_hat, level), *sample_rgb.shape[:2])
+    decoded = api.decode_rgb(codec.encode(sample_rgb, quality=50))
+    assert np.array_equal(decoded, expected)
+
+
+def test_bpp_counts_the_whole_file_header_included(sample_rgb):
+    data = codec.encode(sample_rgb, quality=20)
+    info = bitstream.describe(data)
+    payload = sum(len(p.payload) for p in bitstream.read(data).packets)
+    assert info["bytes"] == len(data) > payload
+    assert bpp(len(data), 256, 256) == 8 * len(data) / 65536
+
+
+def test_quality_is_monotonic_in_rate_and_distortion(sample_rgb):
+    sizes, psnrs = [], []
+    for q in (0, 25, 50, 75, 100):
+        data = codec.encode(sample_rgb, quality=q)
+        sizes.append(len(data))
+        psnrs.append(psnr(sample_rgb, api.decode_rgb(data)))
+    assert sizes == sorted(sizes) and len(set(sizes)) == 5
+    assert psnrs == sorted(psnrs)
+
+
+@pytest.mark.parametrize("h, w", [(37, 100), (65, 64), (1, 1)])
+def test_sizes_that_are_not_multiples_of_64_round_trip(sample_rgb, h, w):
+    crop = np.ascontiguousarray(sample_rgb[:h, :w])
+    out = api.decode_rgb(codec.encode(crop, quality=70))
+    assert out.shape == crop.shape
+    if h * w > 100:
+        assert psnr(crop, out) > 20
+
+
+def test_file_made_with_other_weights_is_refused(sample_rgb):
+    c = bitstream.read(codec.encode(sample_rgb, quality=10))
+    c.header.weights_hash = b"\0\0\0\0"
+    with pytest.raises(bitstream.BitstreamError, match="other weights"):
+        codec.decode(bitstream.write(c))
+
+
+def test_quality_out_of_range_is_a_value_error(sample_rgb):
+    with pytest.raises(ValueError):
+        codec.encode(sample_rgb, quality=101)
+
+
+def test_shipped_weights_carry_their_training_record():
+    meta = zoo.read_meta(zoo.WEIGHTS_DIR / zoo.MODELS["hp"])
+    assert meta["family"] == "hp" and meta["steps"] > 0 and meta["gpu_seconds"] > 0
+
+
+@pytest.mark.parametrize("name", ["kodim07.png", "kodim23.png"])
+def test_kodak_images_decode_at_every_trained_level(kodak_dir, name):
+    from codec.io import load_image
+    rgb = load_image(kodak_dir / name)
+    for q in np.linspace(0, 100, 8):
+        out = api.decode_rgb(codec.encode(rgb, quality=float(q)))
+        assert psnr(rgb, out) > 22
