@@ -1,4 +1,4 @@
-"""Command line: `codec encode`, `codec decode`, `codec info`.
+"""Command line: `codec encode`, `codec decode`, `codec info`, `codec sweep`.
 
 Quiet by default: a one-line summary on stderr, or one JSON object on stdout with --json.
 Errors: one line `codec: error: ...` on stderr; exit 1 for bad data or files, 2 for bad usage.
@@ -138,6 +138,18 @@ def cmd_info(args) -> None:
         print(f"  {p['kind']:8s} offset {p['offset']:8d}  length {p['length']:8d}  covers {p['first']}..{p['first'] + p['count'] - 1}")
 
 
+def cmd_sweep(args) -> None:
+    from codec import sweep
+    try:
+        names = sweep.expand(args.codecs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not args.dataset.is_dir():
+        raise UsageError(f"--dataset {args.dataset} is not a folder")
+    sweep.run(args.dataset, names, args.out, args.qualities, args.jobs)
+    print(f"sweep: results in {args.out} (per_image.csv, <codec>.json, bdrate.md, rd.png)", file=sys.stderr)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="codec", description="A learned image codec: encode images to self-describing .bin "
                "files and decode them back, with the weights shipped in the package.",
@@ -172,6 +184,19 @@ def build_parser() -> Parser:
     i.add_argument("input", metavar="IN", help=".bin file, or - for stdin")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("sweep", help="rate-distortion sweep against classical codecs",
+                       description="Encode and decode every image of a folder with each codec at each quality; "
+                       "write per-image CSV, CompressAI-layout JSON per codec, bdrate.md and RD plots. "
+                       "Resumes from the CSV in --out.")
+    s.add_argument("--dataset", type=Path, required=True, help="folder of images (e.g. Kodak)")
+    s.add_argument("--codecs", default="hp,bpg444,vtm,jpeg,webp,avif,jxl,heif",
+                   help="comma-separated: hp, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
+                   "heif444, vtm (jpeg/avif/bpg name both chroma formats)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--qualities", type=float, nargs="+", help="override every codec's quality list")
+    s.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    s.set_defaults(func=cmd_sweep)
     return p
 
 

@@ -23,6 +23,6 @@ def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
     from pytorch_msssim import ms_ssim as _ms_ssim
 
     def t(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double()
+        return torch.from_numpy(np.array(a, np.float32)).permute(2, 0, 1)[None]
 
     return float(_ms_ssim(t(reference), t(decoded), data_range=255))
