@@ -9,6 +9,7 @@ raise ValueError.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,23 +61,68 @@ def _to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).cpu().numpy()
 
 
-def encode(image, model: str = "hp", quality: float = 50, device: str = "cpu") -> bytes:
-    """Compress an image to the bytes of a .bin file."""
-    quality = _check_quality(quality)
+def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
+           device: str = "cpu") -> bytes:
+    """Compress an image to the bytes of a .bin file.
+
+    With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
+    quality whose file fits the budget. If even quality 0 does not fit, quality 0 is used."""
+    if bpp is not None and size is not None:
+        raise ValueError("give at most one of bpp and size")
     net, meta, whash = zoo.load(zoo.DEFAULT_MODEL.get(model, model), device)
     rgb = as_rgb(image)
     h, w = rgb.shape[:2]
-    header = Header(family=meta["family"], model_id=meta["model_id"], weights_hash=whash,
-                    width=w, height=h, quality=quality)
+    header = Header(family=meta["family"], model_id=meta["model_id"], weights_hash=whash, width=w, height=h)
     bitstream.container.header_bytes(header)  # validates the size before any model work
     x = _to_tensor(rgb, device)
-    packets, _ = hp_entropy.compress(net, x, _level(net, quality).to(device))
-    return bitstream.write(Container(header, packets))
+    with torch.no_grad():
+        features = net.g_a(x)  # the same at every quality: computed once for a rate search
+
+    def at(q: float) -> bytes:
+        header.quality = _check_quality(q)
+        packets, _ = hp_entropy.compress(net, x, _level(net, header.quality).to(device), features)
+        return bitstream.write(Container(header, packets))
+
+    if bpp is None and size is None:
+        return at(quality)
+    budget = size if size is not None else bpp * w * h / 8
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"the rate target must be a positive number, got {bpp if size is None else size}")
+    return search_quality(at, budget)
 
 
-def decode_rgb(data: bytes, device: str = "cpu") -> np.ndarray:
-    """The bytes of a .bin file -> (H, W, 3) uint8."""
-    container = bitstream.read(data)
+def search_quality(at, budget: float, iterations: int = 10) -> bytes:
+    """The file at the highest quality (to 0.01) whose size is <= budget bytes.
+
+    Size grows smoothly and monotonically with quality, close to exponentially, so the search
+    interpolates log(size) between the bracketing qualities (regula falsi) instead of halving."""
+    lo_q, hi_q = 0.0, 100.0
+    lo, hi = at(lo_q), at(hi_q)
+    if len(hi) <= budget:
+        return hi
+    if len(lo) > budget:
+        return lo
+    for _ in range(iterations):
+        if hi_q - lo_q <= 0.01 or len(lo) >= 0.995 * budget:
+            break
+        t = (math.log(budget) - math.log(len(lo))) / (math.log(len(hi)) - math.log(len(lo)))
+        q = round(lo_q + min(max(t, 0.05), 0.95) * (hi_q - lo_q), 2)
+        if q in (lo_q, hi_q):
+            break
+        data = at(q)
+        if len(data) <= budget:
+            lo_q, lo = q, data
+        else:
+            hi_q, hi = q, data
+    return lo
+
+
+def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.ndarray:
+    """The bytes of a .bin file -> (H, W, 3) uint8.
+
+    conceal: damaged or missing latent packets are replaced by the prior's prediction instead of
+    failing (the hyper-latent packet cannot be concealed)."""
+    container = bitstream.read(data, strict=not conceal)
     header = container.header
     try:
         net, meta, whash = zoo.load(header.model_id, device)
@@ -87,7 +133,7 @@ def decode_rgb(data: bytes, device: str = "cpu") -> np.ndarray:
                              f"({header.weights_hash.hex()} here {whash.hex()})")
     hp, wp = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
     level = _level(net, header.quality).to(device)
-    y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level)
+    y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level, conceal=conceal)
     return _to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
 
 

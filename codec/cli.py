@@ -41,6 +41,18 @@ def _quality(text: str) -> float:
     return q
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
 def read_input(path: str) -> bytes:
     if path == "-":
         return sys.stdin.buffer.read()
@@ -88,10 +100,16 @@ def cmd_encode(args) -> None:
 
     rgb = load_image(read_input(args.input))
     t0 = time.perf_counter()
-    data = api.encode(rgb, model=args.model, quality=args.quality, device=args.device)
+    data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
+                      device=args.device)
     encode_s = time.perf_counter() - t0
     h, w = rgb.shape[:2]
-    fields = {"input": args.input, "output": args.output, "model": args.model, "quality": args.quality,
+    quality = describe(data)["quality"]
+    target = args.size if args.size is not None else (args.bpp * w * h / 8 if args.bpp is not None else None)
+    if target is not None and len(data) > target:
+        print(f"codec: warning: {len(data)} bytes at the lowest quality, over the {target:.0f}-byte target",
+              file=sys.stderr)
+    fields = {"input": args.input, "output": args.output, "model": args.model, "quality": quality,
               "width": w, "height": h, "bytes": len(data), "bpp": round(bpp(len(data), w, h), 5),
               "encode_s": round(encode_s, 3)}
     if args.json:  # the PSNR a user will get: decode the very bytes just written
@@ -114,7 +132,7 @@ def cmd_decode(args) -> None:
         raise UsageError(f"{e} for {args.output}") from None
     data = read_input(args.input)
     t0 = time.perf_counter()
-    rgb = api.decode_rgb(data, device=args.device)
+    rgb = api.decode_rgb(data, device=args.device, conceal=args.conceal)
     decode_s = time.perf_counter() - t0
     out = encode_image(rgb, suffix)
     write_output(args.output, out)
@@ -165,8 +183,12 @@ def build_parser() -> Parser:
     e.add_argument("input", metavar="IN", help="image file, or - for stdin")
     e.add_argument("output", metavar="OUT", help=".bin file to write, or - for stdout")
     e.add_argument("--model", default="hp", choices=["hp"], help="model family (default: hp)")
-    e.add_argument("--quality", type=_quality, default=50.0,
-                   help="0..100, higher is better and larger; continuous (default: 50)")
+    rate = e.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=_quality, default=50.0,
+                      help="0..100, higher is better and larger; continuous (default: 50)")
+    rate.add_argument("--bpp", type=_positive(float), help="target bits per pixel (whole file): "
+                      "the highest quality that fits is searched")
+    rate.add_argument("--size", type=_positive(int), help="target file size in bytes, searched like --bpp")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
@@ -175,6 +197,8 @@ def build_parser() -> Parser:
                        "an image (PNG unless OUT's extension names another format).")
     d.add_argument("input", metavar="IN", help=".bin file, or - for stdin")
     d.add_argument("output", metavar="OUT", help="image to write, or - for PNG on stdout")
+    d.add_argument("--conceal", action="store_true",
+                   help="decode past damaged latent packets (predicted from the prior) instead of failing")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
     d.add_argument("--json", action="store_true", help="print one JSON object: size, bpp, time")
     d.set_defaults(func=cmd_decode)

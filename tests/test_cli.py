@@ -124,3 +124,18 @@ def test_console_script_streams_through_stdin_and_stdout_without_traceback(tmp_p
     assert bad.stderr.decode().startswith("codec: error: ")
     help_ = subprocess.run([exe, "--help"], capture_output=True, timeout=300)
     assert help_.returncode == 0 and b"encode" in help_.stdout and b"decode" in help_.stdout
+
+
+def test_encode_to_a_size_target_reports_the_quality_it_chose(tmp_path, capsys):
+    code, out, _ = run(capsys, "encode", SAMPLE, tmp_path / "s.bin", "--size", "6000", "--json")
+    report = json.loads(out)
+    assert code == 0 and 0.97 * 6000 <= report["bytes"] <= 6000 and 0 < report["quality"] < 100
+
+
+def test_decode_conceal_survives_a_corrupt_latent_packet(tmp_path, capsys, good_bin):
+    data = bytearray(good_bin.read_bytes())
+    data[-10] ^= 0xFF  # inside the last (latent) packet's payload
+    (tmp_path / "hurt.bin").write_bytes(bytes(data))
+    assert run(capsys, "decode", tmp_path / "hurt.bin", tmp_path / "a.png")[0] == 1
+    code, _, _ = run(capsys, "decode", tmp_path / "hurt.bin", tmp_path / "b.png", "--conceal")
+    assert code == 0 and (tmp_path / "b.png").stat().st_size > 0

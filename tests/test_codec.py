@@ -83,3 +83,37 @@ def test_kodak_images_decode_at_every_trained_level(kodak_dir, name):
     for q in np.linspace(0, 100, 8):
         out = api.decode_rgb(codec.encode(rgb, quality=float(q)))
         assert psnr(rgb, out) > 22
+
+
+def test_a_bpp_target_is_met_from_below_within_3_percent(sample_rgb):
+    target = 1.0
+    data = codec.encode(sample_rgb, bpp=target)
+    achieved = bpp(len(data), 256, 256)
+    assert 0.97 * target <= achieved <= target
+    assert bitstream.describe(data)["quality"] not in (0.0, 100.0)
+
+
+def test_a_size_target_is_met_and_an_impossible_one_falls_back_to_quality_0(sample_rgb):
+    data = codec.encode(sample_rgb, size=8000)
+    assert 0.97 * 8000 <= len(data) <= 8000
+    tiny = codec.encode(sample_rgb, size=10)
+    assert bitstream.describe(tiny)["quality"] == 0.0
+
+
+def test_conceal_decodes_past_a_corrupt_latent_packet(sample_rgb):
+    data = bytearray(codec.encode(sample_rgb, quality=60))
+    latent = bitstream.read(bytes(data)).packets[1]
+    data[latent.offset + latent.length // 2] ^= 0xFF
+    with pytest.raises(bitstream.BitstreamError, match="corrupt"):
+        api.decode_rgb(bytes(data))
+    concealed = api.decode_rgb(bytes(data), conceal=True)
+    assert concealed.shape == sample_rgb.shape
+    assert psnr(sample_rgb, concealed) > 15  # the prior's mean: blurred, but the picture is there
+
+
+def test_conceal_cannot_recover_a_lost_hyper_packet(sample_rgb):
+    data = bytearray(codec.encode(sample_rgb, quality=60))
+    hyper = bitstream.read(bytes(data)).packets[0]
+    data[hyper.offset + hyper.length // 2] ^= 0xFF
+    with pytest.raises(bitstream.BitstreamError, match="hyper-latent"):
+        api.decode_rgb(bytes(data), conceal=True)

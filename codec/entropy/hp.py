@@ -35,9 +35,11 @@ def _y_prior(model, z_hat: torch.Tensor, level: torch.Tensor) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def compress(model, x: torch.Tensor, level: torch.Tensor) -> tuple[list[Packet], torch.Tensor]:
-    """x: (1, 3, H, W), H and W multiples of 64 -> (packets [z, y], y_hat as the decoder will see it)."""
-    y, z = model.analyse(x, level)
+def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor | None = None
+             ) -> tuple[list[Packet], torch.Tensor]:
+    """x: (1, 3, H, W), H and W multiples of 64 -> (packets [z, y], y_hat as the decoder will see it).
+    features: g_a(x), if the caller already has it (see GainedMeanScaleHyperprior.analyse)."""
+    y, z = model.analyse(x, level, features)
     z_medians, z_indexes = _z_medians_and_indexes(model, tuple(z.shape))
     z_symbols = scalar.quantize(z, z_medians)
     z_hat = scalar.dequantize(z_symbols, z_medians)
@@ -51,20 +53,27 @@ def compress(model, x: torch.Tensor, level: torch.Tensor) -> tuple[list[Packet],
 
 
 @torch.no_grad()
-def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: torch.Tensor) -> torch.Tensor:
-    """packets -> y_hat: (1, M, h, w) for the latent grid latent_hw = (H/16, W/16)."""
-    by_kind = {p.kind: p for p in packets}
-    if PacketKind.HYPER not in by_kind or PacketKind.LATENT not in by_kind:
-        raise BitstreamError("the file lacks its hyper-latent or latent packet")
+def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: torch.Tensor,
+               conceal: bool = False) -> torch.Tensor:
+    """packets -> y_hat: (1, M, h, w) for the latent grid latent_hw = (H/16, W/16).
+
+    conceal: a damaged or missing latent packet decodes as the prior's means, the most likely
+    latent given z; without z there is nothing to predict from, so a lost hyper packet still fails."""
+    hyper = [p for p in packets if p.kind == PacketKind.HYPER and not p.damaged]
+    latent = [p for p in packets if p.kind == PacketKind.LATENT and not p.damaged]
+    if not hyper:
+        raise BitstreamError("the hyper-latent packet is missing or corrupt: the image cannot be decoded")
+    if not latent and not conceal:
+        raise BitstreamError("the latent packet is missing or corrupt")
     h, w = latent_hw
     z_shape = (1, model.N, (h + 3) // 4, (w + 3) // 4)
     z_medians, z_indexes = _z_medians_and_indexes(model, z_shape)
-    z_symbols = coder.decode_indexed(by_kind[PacketKind.HYPER].payload, z_indexes,
-                                     *_tables(model.entropy_bottleneck))
+    z_symbols = coder.decode_indexed(hyper[0].payload, z_indexes, *_tables(model.entropy_bottleneck))
     z_hat = scalar.dequantize(torch.from_numpy(z_symbols).view(z_shape), z_medians)
     means, y_indexes = _y_prior(model, z_hat, level)
     if means.shape[2:] != (h, w):
         raise BitstreamError("latent size does not match the image size in the header")
-    y_symbols = coder.decode_indexed(by_kind[PacketKind.LATENT].payload, y_indexes,
-                                     *_tables(model.gaussian_conditional))
+    if not latent:
+        return means
+    y_symbols = coder.decode_indexed(latent[0].payload, y_indexes, *_tables(model.gaussian_conditional))
     return scalar.dequantize(torch.from_numpy(y_symbols).view(means.shape), means)

@@ -110,10 +110,12 @@ class GainedMeanScaleHyperprior(nn.Module):
     # --- coding path (float latents in, float latents out; symbols are made in codec.entropy) ---
 
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (gained y, gained z) ready for quantization."""
+    def analyse(self, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (gained y, gained z) ready for quantization. `features` = g_a(x) when already
+        computed: it does not depend on the level, so a rate search reuses it."""
         gain, _, hgain, _ = self.gains(level)
-        y = self.g_a(x) * gain
+        y = (self.g_a(x) if features is None else features) * gain
         z = self.h_a(y) * hgain
         return y, z
 
