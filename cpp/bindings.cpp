@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "rangecoder.hpp"
 
@@ -41,11 +42,35 @@ struct Tables {
     }
   }
   const uint32_t* table(int32_t t) const { return cdfs + static_cast<int64_t>(t) * stride; }
+
+  // Decoding lookup: for each table and each of the LUT_BUCKETS slices of [0, TOTAL), the symbol
+  // whose interval holds the slice's first value. The symbol holding any v in the slice is then
+  // at most a few steps further, found by a short scan instead of a binary search.
+  static constexpr int LUT_SHIFT = 8;
+  static constexpr uint32_t LUT_BUCKETS = rc::TOTAL >> LUT_SHIFT;
+  std::vector<uint16_t> build_lut() const {
+    std::vector<uint16_t> lut(static_cast<size_t>(count) * LUT_BUCKETS);
+    for (int64_t t = 0; t < count; ++t) {
+      const uint32_t* cdf = table(static_cast<int32_t>(t));
+      uint32_t s = 0;
+      for (uint32_t b = 0; b < LUT_BUCKETS; ++b) {
+        while (cdf[s + 1] <= (b << LUT_SHIFT)) ++s;  // cdf[len-1] = TOTAL stops it
+        lut[t * LUT_BUCKETS + b] = static_cast<uint16_t>(s);
+      }
+    }
+    return lut;
+  }
 };
 
 void check_indexes(const int32_t* idx, int64_t n, int64_t count) {
   for (int64_t i = 0; i < n; ++i)
     if (idx[i] < 0 || idx[i] >= count) throw std::invalid_argument("index " + std::to_string(i) + " names no table");
+}
+
+// Each symbol's row is fresh memory, so decoding rows waits on cache misses: fetch the entries the
+// next row's binary search reads first (its ends and top three levels) while this symbol is decoded.
+inline void prefetch_search(const uint32_t* row, uint32_t n) {
+  for (uint32_t k = 0; k <= 8; ++k) __builtin_prefetch(row + static_cast<uint64_t>(n) * k / 8);
 }
 
 class PyEncoder {
@@ -126,13 +151,15 @@ class PyDecoder {
     int32_t* sym = out.mutable_data();
     {
       py::gil_scoped_release release;
+      const std::vector<uint16_t> lut = tab.build_lut();
       for (int64_t i = 0; i < n; ++i) {
         const int32_t t = idx[i];
         const uint32_t* cdf = tab.table(t);
         const int64_t escape = tab.lengths[t] - 2;
         const uint32_t v = dec_.target();
-        // cdf[0] = 0 <= v and cdf[len-1] = TOTAL > v, so s is a symbol of this table.
-        const uint32_t s = rc::search(cdf, static_cast<uint32_t>(escape + 1), v);
+        // v < TOTAL = cdf[len-1], so the scan stops at a symbol of this table (at most the escape).
+        uint32_t s = lut[static_cast<size_t>(t) * Tables::LUT_BUCKETS + (v >> Tables::LUT_SHIFT)];
+        while (cdf[s + 1] <= v) ++s;
         dec_.consume(cdf[s], cdf[s + 1] - cdf[s]);
         int64_t value = s;
         if (s == escape) {
@@ -157,6 +184,7 @@ class PyDecoder {
       py::gil_scoped_release release;
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t* row = cdf + i * width;
+        if (i + 1 < n) prefetch_search(row + width, static_cast<uint32_t>(width - 1));
         if (row[0] != 0 || row[width - 1] != rc::TOTAL) throw std::invalid_argument("cdf row is invalid");
         const uint32_t v = dec_.target();
         const uint32_t s = rc::search(row, static_cast<uint32_t>(width - 1), v);

@@ -44,3 +44,37 @@ def test_unknown_codec_names_are_refused():
     with pytest.raises(ValueError, match="unknown codec"):
         sweep.expand("hp,nonsense")
     assert sweep.expand("jpeg,avif") == ["jpeg444", "jpeg420", "avif444", "avif420"]
+
+
+FAKE = '''#!{python}
+# A stand-in for an external codec: copies its input file to its output file, byte for byte.
+import shutil, sys
+a = sys.argv[1:]
+src = a[a.index("{src_flag}") + 1] if "{src_flag}" else a[-1]
+shutil.copyfile(src, a[a.index("{dst_flag}") + 1])
+'''
+
+
+def _fake(tmp_path, name, src_flag, dst_flag):
+    import sys
+    path = tmp_path / name
+    path.write_text(FAKE.format(python=sys.executable, src_flag=src_flag, dst_flag=dst_flag))
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_external_programs_are_driven_through_files_and_measured(tmp_path, monkeypatch):
+    """BPG and VTM cannot be installed here: lossless stand-ins pin the plumbing around them."""
+    monkeypatch.setenv("BPGENC", _fake(tmp_path, "bpgenc", "", "-o"))
+    monkeypatch.setenv("BPGDEC", _fake(tmp_path, "bpgdec", "", "-o"))
+    monkeypatch.setenv("VTM_ENCODER", _fake(tmp_path, "vtmenc", "-i", "-b"))
+    monkeypatch.setenv("VTM_DECODER", _fake(tmp_path, "vtmdec", "-b", "-o"))
+    cfg = tmp_path / "encoder_intra_vtm.cfg"
+    cfg.write_text("")
+    monkeypatch.setenv("VTM_CFG", str(cfg))
+    out = tmp_path / "out"
+    sweep.run(SAMPLES, ["bpg444", "vtm"], out, qualities=[30])
+    rows = {r["codec"]: r for r in csv.DictReader(open(out / "per_image.csv"))}
+    assert float(rows["bpg444"]["psnr-rgb"]) == float("inf")  # the PNG came back untouched
+    assert float(rows["vtm"]["bpp"]) == pytest.approx(24.0)   # raw 4:4:4 8-bit planes: 24 bits a pixel
+    assert 40 < float(rows["vtm"]["psnr-rgb"]) < float("inf")  # only the YCbCr truncation is lost
