@@ -86,10 +86,9 @@ def validate(model, images: torch.Tensor) -> list[dict]:
     for level in range(len(LAMBDAS)):
         lv = torch.full((x.shape[0],), float(level), device=x.device)
         y, z = model.analyse(x, lv)
-        _, _, _, hinv = model.gains(lv)
         z_hat, z_lik = model.entropy_bottleneck(z, training=False)
-        scales, means = model.hyper_params(z_hat, hinv)
-        y_hat, y_lik = model.gaussian_conditional(y, scales, means, training=False)
+        scales, means, y_hat = model.latent_prior(y, model.hyper_features(z_hat, model.gains(lv)[3]))
+        _, y_lik = model.gaussian_conditional(y, scales, means, training=False)
         x_hat = model.synthesise(y_hat, lv)
         bpp, mse = rd_terms({"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}, x)
         psnr = (10 * torch.log10(1 / mse)).mean().item()
@@ -111,6 +110,10 @@ def main(argv=None) -> None:
     ap.add_argument("--lr-final", type=float, default=None,
                     help="decay the lr linearly to this value over the last --decay-fraction of the budget")
     ap.add_argument("--decay-fraction", type=float, default=0.3)
+    ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
+                    help="hp architecture: hyperprior alone, or with a checkerboard context")
+    ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
+                    help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--N", type=int, default=128)
     ap.add_argument("--M", type=int, default=192)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -134,7 +137,7 @@ def main(argv=None) -> None:
     val_images = torch.from_numpy(data[held]).to(dev)
     print(f"data: {len(train_images)} train, {len(val_images)} held out, {time.time() - start:.1f}s", flush=True)
 
-    meta = {"family": "hp", "model_id": "hp", "N": args.N, "M": args.M, "lambdas": list(LAMBDAS)}
+    meta = {"family": "hp", "model_id": "hp", "arch": args.arch, "N": args.N, "M": args.M, "lambdas": list(LAMBDAS)}
     model = zoo.build("hp", meta).to(dev).to(memory_format=torch.channels_last)
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
@@ -151,7 +154,10 @@ def main(argv=None) -> None:
         print(f"resumed full checkpoint at step {step}, {gpu_seconds / 60:.1f} GPU-min", flush=True)
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
-        model.load_state_dict(shipped.state_dict(), strict=False)
+        # Parameters only: buffers (tables, bounds) are export products or constants of the fresh
+        # model, and another architecture keeps the parameters it shares.
+        params = dict(shipped.named_parameters())
+        model.load_state_dict({k: v for k, v in shipped.state_dict().items() if k in params}, strict=False)
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
         print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
     for g in opt.param_groups:
@@ -236,7 +242,7 @@ def main(argv=None) -> None:
             w.writerow([step, round(gpu_seconds, 1), r["level"], r["bpp"], r["psnr"]])
     print("validation (held-out crops, rounded latents):", rows, flush=True)
     meta.update(steps=step, gpu_seconds=round(gpu_seconds, 1), batch=args.batch, crop=args.crop)
-    zoo.export(model, args.out / zoo.MODELS["hp"], meta)
+    zoo.export(model, args.out / args.weights_name, meta)
     print(f"done: step {step}, {gpu_seconds / 60:.1f} GPU-min, wall {time.time() - start:.0f}s", flush=True)
 
 

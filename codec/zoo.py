@@ -34,10 +34,18 @@ def is_table(key: str) -> bool:
     return key.endswith(_TABLE_SUFFIXES)
 
 
+ARCHITECTURES = ("mean-scale", "checkerboard")
+
+
 def build(family: str, config: dict) -> torch.nn.Module:
+    """A fresh network from a weights file's metadata (family, arch, N, M, lambdas)."""
     if family == "hp":
-        from codec.models.hp import GainedMeanScaleHyperprior
-        return GainedMeanScaleHyperprior(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
+        from codec.models import hp
+        arch = config.get("arch", "mean-scale")
+        cls = {"mean-scale": hp.GainedMeanScaleHyperprior, "checkerboard": hp.GainedCheckerboardHyperprior}.get(arch)
+        if cls is None:
+            raise ModelNotFound(f"unknown hp architecture {arch!r}")
+        return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
     raise ModelNotFound(f"unknown model family {family!r}")
 
 
@@ -55,11 +63,13 @@ def export(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
         for p in model.parameters():
             p.copy_(p.half().float())
     update_tables(model)
+    params = {name for name, _ in model.named_parameters()}
     tensors = {}
     for key, value in model.state_dict().items():
         value = value.detach().contiguous()
-        # Tables keep their exact dtype (int32 CDFs, float32 scale table); the rest is fp16.
-        tensors[key] = value if is_table(key) else value.half()
+        # Parameters go to fp16; buffers (CDF tables, scale table, bounds such as the 1e-9
+        # likelihood floor, which fp16 would flush to zero) keep their exact dtype.
+        tensors[key] = value.half() if key in params else value
     save_file(tensors, str(path), metadata={"codec": json.dumps(meta)})
 
 

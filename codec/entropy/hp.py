@@ -2,7 +2,8 @@
 
 Both priors are CompressAI entropy models whose integer tables (loaded from the weights file) go to
 our range coder unchanged, in its indexed-table layout. The decoder repeats the encoder's path from
-z_hat to CDF-table indexes exactly: z_hat -> h_s -> scales -> indexes.
+z_hat to CDF-table indexes exactly: z_hat -> h_s -> for each coding pass of the model, (scales, means)
+from the hyper features and the latents of earlier passes -> indexes.
 """
 from __future__ import annotations
 
@@ -27,13 +28,6 @@ def _z_medians_and_indexes(model, shape: tuple[int, ...]) -> tuple[torch.Tensor,
     return medians, indexes.numpy()
 
 
-def _y_prior(model, z_hat: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    _, _, _, hyper_inv_gain = model.gains(level)
-    scales, means = model.hyper_params(z_hat, hyper_inv_gain)
-    indexes = model.gaussian_conditional.build_indexes(scales)
-    return means, indexes.numpy()
-
-
 @torch.no_grad()
 def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor | None = None
              ) -> tuple[list[Packet], torch.Tensor]:
@@ -43,13 +37,21 @@ def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor
     z_medians, z_indexes = _z_medians_and_indexes(model, tuple(z.shape))
     z_symbols = scalar.quantize(z, z_medians)
     z_hat = scalar.dequantize(z_symbols, z_medians)
-    means, y_indexes = _y_prior(model, z_hat, level)
-    y_symbols = scalar.quantize(y, means)
     z_payload = coder.encode_indexed(z_symbols.numpy(), z_indexes, *_tables(model.entropy_bottleneck))
-    y_payload = coder.encode_indexed(y_symbols.numpy(), y_indexes, *_tables(model.gaussian_conditional))
+    hyper = model.hyper_features(z_hat, model.gains(level)[3])
+    # One range-coder stream for y, pass after pass: a pass's prior may depend on earlier passes.
+    enc = coder.Encoder()
+    y_hat = torch.zeros_like(y)
+    for step, mask in enumerate(model.latent_masks(y)):
+        scales, means = model.latent_params(hyper, y_hat, step)
+        symbols = scalar.quantize(y, means)
+        m = mask.expand_as(y)
+        enc.encode_indexed(symbols[m].numpy(), model.gaussian_conditional.build_indexes(scales)[m].numpy(),
+                           *_tables(model.gaussian_conditional))
+        y_hat = torch.where(m, scalar.dequantize(symbols, means), y_hat)
     packets = [Packet(PacketKind.HYPER, 0, z.shape[1], z_payload),
-               Packet(PacketKind.LATENT, 0, y.shape[1], y_payload)]
-    return packets, scalar.dequantize(y_symbols, means)
+               Packet(PacketKind.LATENT, 0, y.shape[1], enc.finish())]
+    return packets, y_hat
 
 
 @torch.no_grad()
@@ -59,21 +61,30 @@ def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: 
 
     conceal: a damaged or missing latent packet decodes as the prior's means, the most likely
     latent given z; without z there is nothing to predict from, so a lost hyper packet still fails."""
-    hyper = [p for p in packets if p.kind == PacketKind.HYPER and not p.damaged]
+    hyper_packets = [p for p in packets if p.kind == PacketKind.HYPER and not p.damaged]
     latent = [p for p in packets if p.kind == PacketKind.LATENT and not p.damaged]
-    if not hyper:
+    if not hyper_packets:
         raise BitstreamError("the hyper-latent packet is missing or corrupt: the image cannot be decoded")
     if not latent and not conceal:
         raise BitstreamError("the latent packet is missing or corrupt")
     h, w = latent_hw
     z_shape = (1, model.N, (h + 3) // 4, (w + 3) // 4)
     z_medians, z_indexes = _z_medians_and_indexes(model, z_shape)
-    z_symbols = coder.decode_indexed(hyper[0].payload, z_indexes, *_tables(model.entropy_bottleneck))
+    z_symbols = coder.decode_indexed(hyper_packets[0].payload, z_indexes, *_tables(model.entropy_bottleneck))
     z_hat = scalar.dequantize(torch.from_numpy(z_symbols).view(z_shape), z_medians)
-    means, y_indexes = _y_prior(model, z_hat, level)
-    if means.shape[2:] != (h, w):
+    hyper = model.hyper_features(z_hat, model.gains(level)[3])
+    if hyper.shape[2:] != (h, w):
         raise BitstreamError("latent size does not match the image size in the header")
-    if not latent:
-        return means
-    y_symbols = coder.decode_indexed(latent[0].payload, y_indexes, *_tables(model.gaussian_conditional))
-    return scalar.dequantize(torch.from_numpy(y_symbols).view(means.shape), means)
+    y_hat = torch.zeros((1, model.M, h, w), dtype=torch.float32, device=hyper.device)
+    dec = coder.Decoder(latent[0].payload) if latent else None
+    for step, mask in enumerate(model.latent_masks(y_hat)):
+        scales, means = model.latent_params(hyper, y_hat, step)
+        m = mask.expand_as(y_hat)
+        if dec is None:
+            y_hat = torch.where(m, means, y_hat)
+            continue
+        symbols = torch.zeros(y_hat.shape, dtype=torch.int32)
+        symbols[m] = torch.from_numpy(dec.decode_indexed(model.gaussian_conditional.build_indexes(scales)[m].numpy(),
+                                                         *_tables(model.gaussian_conditional)))
+        y_hat = torch.where(m, scalar.dequantize(symbols, means), y_hat)
+    return y_hat

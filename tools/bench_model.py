@@ -1,0 +1,67 @@
+"""Encode and decode time per image: our hp model vs CompressAI's mbt2018-mean, in one run.
+
+The peer has the same architecture class (mean-scale hyperprior), built untrained (its weights
+cannot be downloaded here), which is enough for timing. Both run their whole path: analysis,
+entropy coding to bytes, decoding, synthesis. `--device cuda` times on a GPU (synchronised).
+"""
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from codec import api, zoo
+from codec.entropy import hp as hp_entropy
+from codec.io import find_images, load_image
+
+
+def timed(fn, device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--images", type=int, default=4, help="how many images (the first N)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quality", type=float, default=50)
+    args = ap.parse_args()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from compressai.zoo import mbt2018_mean
+    dev = args.device
+    peer = mbt2018_mean(quality=4, pretrained=False).to(dev).eval()
+    peer.update(force=True)
+    net, _, _ = zoo.load("hp", dev)
+    level = api._level(net, args.quality).to(dev)
+    rows = {"hp (ours)": [0.0, 0.0], "mbt2018-mean (CompressAI)": [0.0, 0.0]}
+    paths = find_images(args.dataset)[: args.images]
+    for i, path in enumerate([paths[0]] + paths):  # the first image once more, untimed, to warm up
+        x = api._to_tensor(load_image(path), dev)
+        te, (packets, _) = timed(lambda: hp_entropy.compress(net, x, level), dev)
+        hw = (x.shape[2] // 16, x.shape[3] // 16)
+        td, _ = timed(lambda: net.synthesise(hp_entropy.decompress(net, packets, hw, level), level), dev)
+        with torch.no_grad():
+            pe, out = timed(lambda: peer.compress(x), dev)
+            pd, _ = timed(lambda: peer.decompress(out["strings"], out["shape"]), dev)
+        if i:
+            for name, (e, d) in (("hp (ours)", (te, td)), ("mbt2018-mean (CompressAI)", (pe, pd))):
+                rows[name][0] += e / len(paths)
+                rows[name][1] += d / len(paths)
+    print(f"{len(paths)} images from {args.dataset}, device {dev}, torch threads {torch.get_num_threads()}")
+    print(f"{'model':28s} {'encode s':>9s} {'decode s':>9s}")
+    for name, (e, d) in rows.items():
+        print(f"{name:28s} {e:9.3f} {d:9.3f}")
+    (oe, od), (pe, pd) = rows.values()
+    print(f"ours / peer time: encode {oe / pe:.2f}x, decode {od / pd:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
