@@ -1,0 +1,25 @@
+"""Training on CPU for a few seconds: the log, the export and the resume are what a GPU run relies on."""
+import csv
+
+from codec import train, zoo
+from tests.conftest import SAMPLES
+
+
+def _run(tmp_path, *extra):
+    train.main(["--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"),
+                "--minutes", "0.05", "--batch", "2", "--crop", "64", "--N", "16", "--M", "24",
+                "--workers", "1", "--log-every", "2", "--weights-name", "t.safetensors", *extra])
+    return [r for r in csv.DictReader(open(tmp_path / "out" / "train-log.csv"))]
+
+
+def test_a_chunk_logs_exports_loadable_weights_and_the_next_chunk_resumes(tmp_path):
+    first = _run(tmp_path, "--arch", "checkerboard")
+    assert first and all(float(r["bpp"]) > 0 and float(r["psnr"]) > 0 for r in first)
+    net, meta = zoo.load_file(tmp_path / "out" / "t.safetensors")
+    assert meta["arch"] == "checkerboard"
+    assert int(first[-1]["step"]) <= meta["steps"] < int(first[-1]["step"]) + 2  # logged every 2 steps
+    assert meta["gpu_seconds"] == 0  # CPU seconds are not GPU training
+    second = _run(tmp_path, "--arch", "checkerboard")
+    assert int(second[-1]["step"]) > int(first[-1]["step"])  # appended, continuing the step count
+    val = list(csv.reader(open(tmp_path / "out" / "val-log.csv")))
+    assert len(val) == 2 * net.n_levels
