@@ -25,7 +25,7 @@ def load_image(source: str | Path | bytes) -> np.ndarray:
             with Image.open(stream) as im:
                 im.load()
                 return np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             name = "input" if isinstance(source, (bytes, bytearray)) else str(source)
             raise ImageReadError(f"{name} is not a readable image ({e})") from None
 

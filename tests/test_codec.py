@@ -134,3 +134,15 @@ def test_checkerboard_architecture_codes_losslessly_in_two_passes(tmp_path, samp
     decoded = hp_entropy.decompress(net, packets, (x.shape[2] // 16, x.shape[3] // 16), level)
     assert torch.equal(decoded, y_hat)
     assert net.gaussian_conditional.likelihood_lower_bound.bound.item() > 0  # buffers survive export exactly
+
+
+def test_images_too_large_to_code_in_memory_are_refused_before_any_work(monkeypatch, sample_rgb):
+    from codec.io import ImageReadError
+    monkeypatch.setattr(api, "MAX_PIXELS", 100 * 100)
+    with pytest.raises(ImageReadError, match="M pixels"):
+        codec.encode(sample_rgb)
+    monkeypatch.setattr(api, "MAX_PIXELS", 1 << 25)
+    c = bitstream.read(codec.encode(sample_rgb[:64, :64], quality=5))
+    c.header.width, c.header.height = 16384, 16384  # legal in the format, too large to decode here
+    with pytest.raises(bitstream.BitstreamError, match="larger than this version decodes"):
+        codec.decode(bitstream.write(c))
