@@ -146,3 +146,17 @@ def test_images_too_large_to_code_in_memory_are_refused_before_any_work(monkeypa
     c.header.width, c.header.height = 16384, 16384  # legal in the format, too large to decode here
     with pytest.raises(bitstream.BitstreamError, match="larger than this version decodes"):
         codec.decode(bitstream.write(c))
+
+
+def test_forged_payloads_with_valid_crcs_give_an_image_or_a_bitstream_error(sample_rgb):
+    """CRCs stop accidental damage; a forged file reaches the range decoder and must still be safe."""
+    good = bitstream.read(codec.encode(sample_rgb, quality=50))
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        c = bitstream.read(bitstream.write(good))
+        packet = c.packets[trial % 2]
+        packet.payload = rng.bytes(len(packet.payload) if trial % 4 < 2 else int(rng.integers(0, 30)))
+        try:
+            assert api.decode_rgb(bitstream.write(c)).shape == sample_rgb.shape
+        except bitstream.BitstreamError:
+            pass
