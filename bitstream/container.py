@@ -45,7 +45,7 @@ class Header:
 
 @dataclass
 class Packet:
-    kind: PacketKind
+    kind: PacketKind | None  # None only for a damaged packet whose kind byte is unknown
     first: int              # first channel / token / row this packet covers
     count: int              # how many it covers
     payload: bytes | None   # None when the packet was lost or failed its CRC
@@ -200,11 +200,13 @@ def read(data: bytes, strict: bool = True) -> Container:
                 raise
             break  # a truncated or garbled frame: the packets from here on are lost
         pos = r.pos
-        ok = crc == zlib.crc32(data[start:pos - 4]) and kind in PacketKind._value2member_map_
+        known = kind in PacketKind._value2member_map_
+        ok = crc == zlib.crc32(data[start:pos - 4]) and known
         if not ok and strict:
             raise BitstreamError(f"packet {i} is corrupt (CRC mismatch)")
-        packets.append(Packet(PacketKind(kind) if ok else PacketKind.LATENT, first, span,
-                              payload if ok else None, start, pos - start))
+        # A damaged packet keeps the kind its frame claims, if any: a hint, not to be trusted.
+        packets.append(Packet(PacketKind(kind) if known else None, first, span, payload if ok else None,
+                              start, pos - start))
     if strict and pos != len(data):
         raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last packet")
     return Container(header, packets)

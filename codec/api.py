@@ -39,7 +39,7 @@ def as_rgb(image) -> np.ndarray:
     return load_image(image)
 
 
-def _level(model, quality: float) -> torch.Tensor:
+def level_of(model, quality: float) -> torch.Tensor:
     """quality 0..100 (stored to 0.01) -> continuous rate level over the trained lambdas."""
     return torch.tensor([quality / 100 * (model.n_levels - 1)], dtype=torch.float32)
 
@@ -52,14 +52,14 @@ def _check_quality(quality: float) -> float:
     return round(float(quality), 2)  # the header stores hundredths; encode with what decode will see
 
 
-def _to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
+def to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
     h, w = x.shape[2:]
     # Replicate-pad to whole 64-pixel blocks: an edge copy costs fewer bits than a black border.
     return F.pad(x, (0, -w % PAD, 0, -h % PAD), mode="replicate") if (h % PAD or w % PAD) else x
 
 
-def _to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
+def to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
     x = x[0, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
     return x.permute(1, 2, 0).cpu().numpy()
 
@@ -80,13 +80,13 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
                              f"{MAX_PIXELS / 1e6:.1f} M in one piece")
     header = Header(family=meta["family"], model_id=meta["model_id"], weights_hash=whash, width=w, height=h)
     bitstream.container.header_bytes(header)  # validates the size before any model work
-    x = _to_tensor(rgb, device)
+    x = to_tensor(rgb, device)
     with torch.no_grad():
         features = net.g_a(x)  # the same at every quality: computed once for a rate search
 
     def at(q: float) -> bytes:
         header.quality = _check_quality(q)
-        packets, _ = hp_entropy.compress(net, x, _level(net, header.quality).to(device), features)
+        packets, _ = hp_entropy.compress(net, x, level_of(net, header.quality).to(device), features)
         return bitstream.write(Container(header, packets))
 
     if bpp is None and size is None:
@@ -141,9 +141,9 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.nd
         raise BitstreamError(f"this file was made with other weights for model {header.model_id!r} "
                              f"({header.weights_hash.hex()} here {whash.hex()})")
     hp, wp = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
-    level = _level(net, header.quality).to(device)
+    level = level_of(net, header.quality).to(device)
     y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level, conceal=conceal)
-    return _to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
+    return to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
 
 
 def decode(data: bytes, device: str = "cpu") -> Image.Image:

@@ -229,6 +229,8 @@ def main(argv=None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "json", False) and getattr(args, "output", None) == "-":
+            raise UsageError("--json and OUT '-' would both write to stdout; pick one")
         if getattr(args, "device", "cpu") == "cuda":
             import torch
             if not torch.cuda.is_available():

@@ -103,7 +103,8 @@ def test_bad_image_input_to_encode_gives_exit_1_and_no_output(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("argv", [["encode", str(SAMPLE), "x.bin", "--quality", "150"],
-                                  ["encode", str(SAMPLE)], ["frobnicate"], ["decode", "a.bin", "b.xyz"]])
+                                  ["encode", str(SAMPLE)], ["frobnicate"], ["decode", "a.bin", "b.xyz"],
+                                  ["encode", str(SAMPLE), "-", "--json"], ["encode", str(SAMPLE), "x.bin", "--bpp", "0"]])
 def test_bad_usage_gives_exit_2(tmp_path, capsys, argv, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)

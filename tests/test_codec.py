@@ -24,10 +24,10 @@ def test_encoding_twice_gives_identical_bytes(sample_rgb):
 def test_decoding_is_lossless_with_respect_to_the_quantized_latents(sample_rgb):
     """What the decoder outputs equals the synthesis of the encoder's own quantized latents."""
     net, _, _ = zoo.load("hp")
-    x = api._to_tensor(sample_rgb, "cpu")
-    level = api._level(net, 50.0)
+    x = api.to_tensor(sample_rgb, "cpu")
+    level = api.level_of(net, 50.0)
     _, y_hat = hp_entropy.compress(net, x, level)
-    expected = api._to_rgb(net.synthesise(y_hat, level), *sample_rgb.shape[:2])
+    expected = api.to_rgb(net.synthesise(y_hat, level), *sample_rgb.shape[:2])
     decoded = api.decode_rgb(codec.encode(sample_rgb, quality=50))
     assert np.array_equal(decoded, expected)
 
@@ -128,7 +128,7 @@ def test_checkerboard_architecture_codes_losslessly_in_two_passes(tmp_path, samp
     zoo.export(zoo.build("hp", meta), tmp_path / "cb.safetensors", meta)
     net, _ = zoo.load_file(tmp_path / "cb.safetensors")
     assert len(net.latent_masks(torch.zeros(1, 48, 4, 4))) == 2
-    x = api._to_tensor(sample_rgb[:128, :192], "cpu")
+    x = api.to_tensor(sample_rgb[:128, :192], "cpu")
     level = torch.tensor([3.5])
     packets, y_hat = hp_entropy.compress(net, x, level)
     decoded = hp_entropy.decompress(net, packets, (x.shape[2] // 16, x.shape[3] // 16), level)

@@ -40,11 +40,11 @@ def main() -> None:
     peer = mbt2018_mean(quality=4, pretrained=False).to(dev).eval()
     peer.update(force=True)
     net, _, _ = zoo.load("hp", dev)
-    level = api._level(net, args.quality).to(dev)
+    level = api.level_of(net, args.quality).to(dev)
     rows = {"hp (ours)": [0.0, 0.0], "mbt2018-mean (CompressAI)": [0.0, 0.0]}
     paths = find_images(args.dataset)[: args.images]
     for i, path in enumerate([paths[0]] + paths):  # the first image once more, untimed, to warm up
-        x = api._to_tensor(load_image(path), dev)
+        x = api.to_tensor(load_image(path), dev)
         te, (packets, _) = timed(lambda: hp_entropy.compress(net, x, level), dev)
         hw = (x.shape[2] // 16, x.shape[3] // 16)
         td, _ = timed(lambda: net.synthesise(hp_entropy.decompress(net, packets, hw, level), level), dev)
