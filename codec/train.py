@@ -62,14 +62,6 @@ def random_batch(images: torch.Tensor, batch: int, crop: int, gen: torch.Generat
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def lambda_of(level: torch.Tensor, lambdas: tuple[float, ...]) -> torch.Tensor:
-    """Continuous level in [0, len(lambdas) - 1] -> lambda, interpolated geometrically."""
-    log_l = torch.log(torch.tensor(lambdas, device=level.device))
-    lo = level.floor().long().clamp(max=len(lambdas) - 2)
-    t = level - lo
-    return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
-
-
 def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (bpp, mse) from a forward pass."""
     pixels = x.shape[2] * x.shape[3]
@@ -202,7 +194,7 @@ def main(argv=None) -> None:
             fwd = model
             out = fwd(x, level)
         bpp, mse = rd_terms(out, x)
-        loss = (lambda_of(level, args.lambdas) * 255 ** 2 * mse + bpp).mean()
+        loss = (model.lambda_at(level) * 255 ** 2 * mse + bpp).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)

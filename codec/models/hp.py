@@ -50,7 +50,7 @@ class GainedMeanScaleHyperprior(nn.Module):
     def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
         super().__init__()
         n_levels = len(lambdas)
-        self.N, self.M, self.n_levels = N, M, n_levels
+        self.N, self.M, self.n_levels, self.lambdas = N, M, n_levels, tuple(lambdas)
         self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
                                  deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
@@ -83,6 +83,14 @@ class GainedMeanScaleHyperprior(nn.Module):
             log_g = (1 - t) * table[lo] + t * table[lo + 1]
             out.append(torch.exp(log_g)[:, :, None, None])
         return tuple(out)
+
+    def lambda_at(self, level: torch.Tensor) -> torch.Tensor:
+        """(B,) continuous levels -> the lambda each was trained for, interpolated geometrically."""
+        log_l = torch.log(torch.tensor(self.lambdas, device=level.device))
+        level = level.clamp(0, self.n_levels - 1)
+        lo = level.floor().long().clamp(max=self.n_levels - 2)
+        t = level - lo
+        return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
 
     def hyper_features(self, z_hat: torch.Tensor, hyper_inv_gain: torch.Tensor) -> torch.Tensor:
         return self.h_s(z_hat * hyper_inv_gain)
