@@ -216,7 +216,7 @@ def build_parser() -> Parser:
     s.add_argument("--dataset", type=Path, required=True, help="folder of images (e.g. Kodak)")
     s.add_argument("--codecs", default="hp,bpg444,vtm,jpeg,webp,avif,jxl,heif",
                    help="comma-separated: hp, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
-                   "heif444, vtm (jpeg/avif/bpg name both chroma formats)")
+                   "heif444, heif420, vtm (jpeg/avif/bpg/heif name both chroma formats)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--qualities", type=float, nargs="+", help="override every codec's quality list")
     s.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")

@@ -154,6 +154,14 @@ def _vtm(rgb: np.ndarray, q: float):
         return Path(bits).read_bytes(), ycbcr444_to_rgb(decoded), te, td
 
 
+def _heif(chroma: str) -> Coder:
+    return _external(
+        lambda src, out, q: [_prog("HEIF_ENC", "heif-enc"), "-q", str(int(q)), "-p", f"chroma={chroma}", "-o", out, src],
+        lambda src, out: [_prog("HEIF_DEC", "heif-convert"), src, out], ".heic")
+
+
+HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
+
 CODECS: dict[str, CodecSpec] = {
     "hp": CodecSpec([0, 12.5, 25, 37.5, 50, 62.5, 75, 87.5, 100], _hp),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
@@ -169,13 +177,11 @@ CODECS: dict[str, CodecSpec] = {
     "jxl": CodecSpec([10, 20, 30, 40, 50, 60, 70, 80, 90, 95], _external(
         lambda src, out, q: [_prog("CJXL", "cjxl"), src, out, "-q", str(int(q))],
         lambda src, out: [_prog("DJXL", "djxl"), src, out], ".jxl"), (("CJXL", "cjxl"), ("DJXL", "djxl"))),
-    "heif444": CodecSpec(list(range(10, 100, 10)), _external(
-        lambda src, out, q: [_prog("HEIF_ENC", "heif-enc"), "-q", str(int(q)), "-p", "chroma=444", "-o", out, src],
-        lambda src, out: [_prog("HEIF_DEC", "heif-convert"), src, out], ".heic"),
-        (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))),
+    "heif444": CodecSpec(list(range(10, 100, 10)), _heif("444"), HEIF_TOOLS),
+    "heif420": CodecSpec(list(range(10, 100, 10)), _heif("420"), HEIF_TOOLS),
 }
 ALIASES = {"jpeg": ["jpeg444", "jpeg420"], "avif": ["avif444", "avif420"], "bpg": ["bpg444", "bpg420"],
-           "heif": ["heif444"]}
+           "heif": ["heif444", "heif420"]}
 
 
 def _measure(task: tuple[str, float, str]) -> dict:
