@@ -62,6 +62,48 @@ def random_batch(images: torch.Tensor, batch: int, crop: int, gen: torch.Generat
     return x.contiguous(memory_format=torch.channels_last)
 
 
+class TrainLog:
+    """Averages per-step values over a window; one CSV row and one console line per window."""
+
+    def __init__(self, path: Path, names: list[str]):
+        new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.csv = csv.writer(self.file)
+        self.names = names
+        if new:
+            self.csv.writerow(["step", "gpu_seconds", *names, "lr", "steps_per_s"])
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums, self.n, self.start = {k: 0.0 for k in self.names}, 0, time.time()
+
+    def add(self, **values: torch.Tensor) -> None:
+        for k, v in values.items():  # tensors stay on the device until the window is written
+            self.sums[k] = self.sums[k] + v.detach()
+        self.n += 1
+
+    def write(self, step: int, gpu_seconds: float, lr: float) -> None:
+        row = {k: float(v) / self.n for k, v in self.sums.items()}
+        rate = self.n / (time.time() - self.start)
+        self.csv.writerow([step, round(gpu_seconds, 1), *(f"{row[k]:.5g}" for k in self.names), f"{lr:.2e}",
+                           f"{rate:.1f}"])
+        self.file.flush()
+        print(f"step {step} " + " ".join(f"{k} {row[k]:.4g}" for k in self.names) + f" {rate:.1f} it/s", flush=True)
+        self._reset()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def scheduled_lr(lr: float, lr_final: float | None, decay_fraction: float, elapsed: float, budget: float) -> float:
+    """Constant, then (with lr_final) linear decay over the last decay_fraction of the time budget."""
+    if lr_final is None:
+        return lr
+    decay_start = budget * (1 - decay_fraction)
+    frac = min(max((elapsed - decay_start) / max(budget - decay_start, 1e-9), 0.0), 1.0)
+    return lr + frac * (lr_final - lr)
+
+
 def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (bpp, mse) from a forward pass."""
     pixels = x.shape[2] * x.shape[3]
@@ -162,27 +204,13 @@ def main(argv=None) -> None:
     fwd = torch.compile(model) if args.compile else model
     gen = torch.Generator(device=dev)
     gen.manual_seed(1234 + step)
-    log_path = args.out / "train-log.csv"
-    new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["step", "gpu_seconds", "loss", "bpp", "psnr", "aux", "lr", "steps_per_s"])
-
+    log = TrainLog(args.out / "train-log.csv", ["loss", "bpp", "psnr", "aux"])
     budget = args.minutes * 60 - (time.time() - start)
     t0 = time.time()
-    window = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "aux": 0.0, "n": 0}
-    window_start = time.time()
     model.train()
-    while True:
-        elapsed = time.time() - t0
-        if elapsed > budget:
-            break
-        if args.lr_final is not None:
-            decay_start = budget * (1 - args.decay_fraction)
-            frac = min(max((elapsed - decay_start) / (budget - decay_start), 0.0), 1.0)
-            for g in opt.param_groups:
-                g["lr"] = args.lr + frac * (args.lr_final - args.lr)
+    while (elapsed := time.time() - t0) < budget:
+        for g in opt.param_groups:
+            g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
         x = random_batch(train_images, args.batch, args.crop, gen)
         level = torch.rand(args.batch, generator=gen, device=dev) * (len(args.lambdas) - 1)
         try:
@@ -204,27 +232,12 @@ def main(argv=None) -> None:
         aux.backward()
         aux_opt.step()
         step += 1
-        window["n"] += 1
-        window["loss"] += loss.detach()
-        window["bpp"] += bpp.detach().mean()
-        window["psnr"] += (10 * torch.log10(1 / mse.detach())).mean()
-        window["aux"] += aux.detach()
+        log.add(loss=loss, bpp=bpp.mean(), psnr=(10 * torch.log10(1 / mse.detach())).mean(), aux=aux)
         if step % args.log_every == 0:
-            n = window.pop("n")
-            now = time.time()
-            row = {k: (v / n).item() for k, v in window.items()}
-            rate = n / (now - window_start)
-            log.writerow([step, round(gpu_seconds + now - t0, 1), f"{row['loss']:.5f}", f"{row['bpp']:.5f}",
-                          f"{row['psnr']:.3f}", f"{row['aux']:.2f}", f"{opt.param_groups[0]['lr']:.2e}",
-                          f"{rate:.1f}"])
-            log_file.flush()
-            print(f"step {step} loss {row['loss']:.4f} bpp {row['bpp']:.4f} psnr {row['psnr']:.2f} "
-                  f"aux {row['aux']:.1f} {rate:.1f} it/s", flush=True)
-            window = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "aux": 0.0, "n": 0}
-            window_start = now
+            log.write(step, gpu_seconds + time.time() - t0, opt.param_groups[0]["lr"])
     if dev == "cuda":  # a CPU smoke run must not count as GPU training
         gpu_seconds += time.time() - t0
-    log_file.close()
+    log.close()
 
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
              "step": step, "gpu_seconds": gpu_seconds}

@@ -46,6 +46,10 @@ def build(family: str, config: dict) -> torch.nn.Module:
         if cls is None:
             raise ModelNotFound(f"unknown hp architecture {arch!r}")
         return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
+    if family == "vq":
+        from codec.models.vq import VQCodecModel
+        return VQCodecModel(tuple(config["channels"]), config["dim"], config["codebook_size"], config["code_dim"],
+                            config["prior_dim"], config["prior_depth"])
     raise ModelNotFound(f"unknown model family {family!r}")
 
 
@@ -57,12 +61,13 @@ def update_tables(model: torch.nn.Module) -> None:
 
 
 def export(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
-    """Write fp16 parameters and int32 tables; `meta` must hold family, N, M, lambdas."""
+    """Write fp16 parameters and exact buffers; `meta` holds what build() needs (family first)."""
     model = model.float().cpu().eval()
     with torch.no_grad():  # round to fp16 first so the tables match the shipped parameters
         for p in model.parameters():
             p.copy_(p.half().float())
-    update_tables(model)
+    if meta["family"] == "hp":
+        update_tables(model)
     params = {name for name, _ in model.named_parameters()}
     tensors = {}
     for key, value in model.state_dict().items():

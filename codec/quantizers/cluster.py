@@ -24,9 +24,9 @@ def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) ->
         sums = torch.zeros_like(centroids).index_add_(0, assignment, x)
         counts = torch.bincount(assignment, minlength=k)
         empty = (counts == 0).nonzero().flatten()
-        if len(empty):
-            worst = sim.max(1).values.argsort()[: len(empty)]  # least well served points
-            sums[empty] = x[worst]
+        if len(empty):  # least well served points first; cycled when there are fewer points than k
+            worst = sim.max(1).values.argsort()
+            sums[empty] = x[worst[torch.arange(len(empty), device=x.device) % len(worst)]]
         centroids = F.normalize(sums, dim=-1)
     return centroids, (x @ centroids.T).argmax(1)
 
