@@ -47,9 +47,14 @@ def build(family: str, config: dict) -> torch.nn.Module:
             raise ModelNotFound(f"unknown hp architecture {arch!r}")
         return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
     if family == "vq":
-        from codec.models.vq import VQCodecModel
-        return VQCodecModel(tuple(config["channels"]), config["dim"], config["codebook_size"], config["code_dim"],
-                            config["prior_dim"], config["prior_depth"])
+        from codec.entropy.transformer import IndexPrior
+        from codec.models.vq import VQAutoencoder
+        # One weights file holds both stages of the family: transforms + quantizer, and the prior.
+        model = torch.nn.Module()
+        model.autoencoder = VQAutoencoder(tuple(config["channels"]), config["dim"], config["codebook_size"],
+                                          config["code_dim"])
+        model.prior = IndexPrior(config["codebook_size"], config["prior_dim"], config["prior_depth"])
+        return model
     raise ModelNotFound(f"unknown model family {family!r}")
 
 

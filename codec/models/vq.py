@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from codec.entropy.transformer import IndexPrior
 from codec.quantizers.vq import VectorQuantizer
 
 
@@ -54,12 +53,3 @@ class VQAutoencoder(nn.Module):
     def synthesise(self, indices: torch.Tensor) -> torch.Tensor:
         return self.g_s(self.quantizer.lookup(indices)).clamp(0, 1)
 
-
-class VQCodecModel(nn.Module):
-    """What a vq weights file holds: the autoencoder and the transformer prior over its indices."""
-
-    def __init__(self, channels: tuple[int, ...] = (64, 96, 128, 160, 192), dim: int = 192,
-                 codebook_size: int = 8192, code_dim: int = 16, prior_dim: int = 256, prior_depth: int = 4):
-        super().__init__()
-        self.autoencoder = VQAutoencoder(channels, dim, codebook_size, code_dim)
-        self.prior = IndexPrior(codebook_size, prior_dim, prior_depth)
