@@ -1,5 +1,8 @@
 """Training on CPU for a few seconds: the log, the export and the resume are what a GPU run relies on."""
 import csv
+import math
+
+import torch
 
 from codec import train, zoo
 from tests.conftest import SAMPLES
@@ -13,8 +16,9 @@ def _run(tmp_path, *extra):
 
 
 def test_a_chunk_logs_exports_loadable_weights_and_the_next_chunk_resumes(tmp_path):
+    torch.manual_seed(0)
     first = _run(tmp_path, "--arch", "checkerboard")
-    assert first and all(float(r["bpp"]) > 0 and float(r["psnr"]) > 0 for r in first)
+    assert first and all(float(r["bpp"]) > 0 and math.isfinite(float(r["psnr"])) for r in first)
     net, meta = zoo.load_file(tmp_path / "out" / "t.safetensors")
     assert meta["arch"] == "checkerboard"
     assert int(first[-1]["step"]) <= meta["steps"] < int(first[-1]["step"]) + 2  # logged every 2 steps

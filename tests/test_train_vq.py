@@ -15,6 +15,7 @@ def _stage(tmp_path, stage):
 
 
 def test_autoencoder_then_prior_stage_log_export_and_keep_the_autoencoder_frozen(tmp_path):
+    torch.manual_seed(0)
     net, meta = _stage(tmp_path, "autoencoder")
     rows = list(csv.DictReader(open(tmp_path / "out" / "train-log-autoencoder.csv")))
     assert rows and float(rows[-1]["perplexity"]) >= 1 and meta["steps"]["autoencoder"] > 0
@@ -24,4 +25,4 @@ def test_autoencoder_then_prior_stage_log_export_and_keep_the_autoencoder_frozen
     assert int(rows[-1]["step"]) <= meta["steps"]["autoencoder"] < int(rows[-1]["step"]) + 2  # logged every 2
     assert all(torch.equal(frozen[k], v) for k, v in net.autoencoder.state_dict().items())
     bits = [float(r["bits_per_index"]) for r in csv.DictReader(open(tmp_path / "out" / "train-log-prior.csv"))]
-    assert bits and all(b > 0 for b in bits)
+    assert bits and all(0 < b < 20 for b in bits)  # finite, positive bits an index

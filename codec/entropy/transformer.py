@@ -58,7 +58,10 @@ class IndexPrior(nn.Module):
         Returns cross-entropy in bits per hidden index."""
         b, h, w = indices.shape
         ratio = torch.cos(torch.rand(b, 1, 1, device=indices.device) * math.pi / 2)  # share hidden
-        hidden = torch.rand(b, h, w, device=indices.device) < ratio.clamp(min=1 / (h * w))
+        hidden = torch.rand(b, h, w, device=indices.device) < ratio
+        # At least one hidden index a map, so the loss is never a mean over nothing.
+        one = F.one_hot(torch.randint(h * w, (b,), device=indices.device), h * w).view(b, h, w).bool()
+        hidden |= one
         logits = self(indices, ~hidden)
         return F.cross_entropy(logits[hidden], indices[hidden]) / math.log(2)
 
