@@ -10,7 +10,7 @@ from tests.conftest import SAMPLES
 
 def _run(tmp_path, *extra):
     train.main(["--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"),
-                "--minutes", "0.05", "--batch", "2", "--crop", "64", "--N", "16", "--M", "24",
+                "--minutes", "0.1", "--batch", "2", "--crop", "64", "--N", "16", "--M", "24",
                 "--workers", "1", "--log-every", "2", "--weights-name", "t.safetensors", *extra])
     return [r for r in csv.DictReader(open(tmp_path / "out" / "train-log.csv"))]
 

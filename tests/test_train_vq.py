@@ -9,7 +9,7 @@ from tests.conftest import SAMPLES
 
 def _stage(tmp_path, stage):
     train_vq.main(["--stage", stage, "--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"),
-                   "--out", str(tmp_path / "out"), "--minutes", "0.05", "--batch", "2", "--crop", "64",
+                   "--out", str(tmp_path / "out"), "--minutes", "0.1", "--batch", "2", "--crop", "64",
                    "--small", "--codebook-size", "64", "--log-every", "2", "--workers", "1"])
     return zoo.load_file(tmp_path / "out" / "vq-v1.safetensors")
 
