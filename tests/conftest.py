@@ -20,3 +20,14 @@ def kodak_dir() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/datasets/kodak is not here (a user's clone)")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need CUDA; CI and this project's CPU machines skip them."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

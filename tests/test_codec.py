@@ -160,3 +160,12 @@ def test_forged_payloads_with_valid_crcs_give_an_image_or_a_bitstream_error(samp
             assert api.decode_rgb(bitstream.write(c)).shape == sample_rgb.shape
         except bitstream.BitstreamError:
             pass
+
+
+@pytest.mark.gpu
+def test_cuda_round_trip_is_lossless_on_the_same_device(sample_rgb):
+    """On a GPU the coding path runs there too. Files are portable only between devices that compute
+    the hyper-synthesis identically (float arithmetic): this pins the same-device round trip."""
+    data = codec.encode(sample_rgb, quality=50, device="cuda")
+    assert data == codec.encode(sample_rgb, quality=50, device="cuda")
+    assert psnr(sample_rgb, api.decode_rgb(data, device="cuda")) > 24
