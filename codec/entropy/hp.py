@@ -16,8 +16,8 @@ from codec.quantizers import scalar
 
 
 def _tables(entropy_model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (entropy_model._quantized_cdf.numpy(), entropy_model._cdf_length.numpy(),
-            entropy_model._offset.numpy())
+    return (entropy_model._quantized_cdf.cpu().numpy(), entropy_model._cdf_length.cpu().numpy(),
+            entropy_model._offset.cpu().numpy())
 
 
 def _z_medians_and_indexes(model, shape: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
@@ -37,7 +37,7 @@ def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor
     z_medians, z_indexes = _z_medians_and_indexes(model, tuple(z.shape))
     z_symbols = scalar.quantize(z, z_medians)
     z_hat = scalar.dequantize(z_symbols, z_medians)
-    z_payload = coder.encode_indexed(z_symbols.numpy(), z_indexes, *_tables(model.entropy_bottleneck))
+    z_payload = coder.encode_indexed(z_symbols.cpu().numpy(), z_indexes, *_tables(model.entropy_bottleneck))
     hyper = model.hyper_features(z_hat, model.gains(level)[3])
     # One range-coder stream for y, pass after pass: a pass's prior may depend on earlier passes.
     enc = coder.Encoder()
@@ -46,8 +46,8 @@ def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor
         scales, means = model.latent_params(hyper, y_hat, step)
         symbols = scalar.quantize(y, means)
         m = mask.expand_as(y)
-        enc.encode_indexed(symbols[m].numpy(), model.gaussian_conditional.build_indexes(scales)[m].numpy(),
-                           *_tables(model.gaussian_conditional))
+        indexes = model.gaussian_conditional.build_indexes(scales)[m].cpu().numpy()
+        enc.encode_indexed(symbols[m].cpu().numpy(), indexes, *_tables(model.gaussian_conditional))
         y_hat = torch.where(m, scalar.dequantize(symbols, means), y_hat)
     packets = [Packet(PacketKind.HYPER, 0, z.shape[1], z_payload),
                Packet(PacketKind.LATENT, 0, y.shape[1], enc.finish())]
@@ -71,7 +71,7 @@ def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: 
     z_shape = (1, model.N, (h + 3) // 4, (w + 3) // 4)
     z_medians, z_indexes = _z_medians_and_indexes(model, z_shape)
     z_symbols = coder.decode_indexed(hyper_packets[0].payload, z_indexes, *_tables(model.entropy_bottleneck))
-    z_hat = scalar.dequantize(torch.from_numpy(z_symbols).view(z_shape), z_medians)
+    z_hat = scalar.dequantize(torch.from_numpy(z_symbols).view(z_shape).to(z_medians.device), z_medians)
     hyper = model.hyper_features(z_hat, model.gains(level)[3])
     if hyper.shape[2:] != (h, w):
         raise BitstreamError("latent size does not match the image size in the header")
@@ -83,8 +83,8 @@ def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: 
         if dec is None:
             y_hat = torch.where(m, means, y_hat)
             continue
-        symbols = torch.zeros(y_hat.shape, dtype=torch.int32)
-        symbols[m] = torch.from_numpy(dec.decode_indexed(model.gaussian_conditional.build_indexes(scales)[m].numpy(),
-                                                         *_tables(model.gaussian_conditional)))
+        symbols = torch.zeros(y_hat.shape, dtype=torch.int32, device=y_hat.device)
+        indexes = model.gaussian_conditional.build_indexes(scales)[m].cpu().numpy()
+        symbols[m] = torch.from_numpy(dec.decode_indexed(indexes, *_tables(model.gaussian_conditional))).to(y_hat.device)
         y_hat = torch.where(m, scalar.dequantize(symbols, means), y_hat)
     return y_hat
