@@ -93,13 +93,21 @@ def _external(encode_cmd: Callable[[str, str, float], list[str]], decode_cmd: Ca
         with tempfile.TemporaryDirectory() as tmp:
             src, mid, dst = (os.path.join(tmp, n) for n in ("in.png", "out" + suffix, "out.png"))
             Image.fromarray(rgb).save(src)
-            _, te = _timed(subprocess.run, encode_cmd(src, mid, q), **_QUIET)
-            _, td = _timed(subprocess.run, decode_cmd(mid, dst), **_QUIET)
+            _, te = _timed(_run_tool, encode_cmd(src, mid, q))
+            _, td = _timed(_run_tool, decode_cmd(mid, dst))
             return Path(mid).read_bytes(), load_image(dst), te, td
     return run
 
 
-_QUIET = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+class ToolError(RuntimeError):
+    """An external codec program failed; the message carries its command and the end of its stderr."""
+
+
+def _run_tool(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise ToolError(f"{os.path.basename(cmd[0])} exited with {done.returncode}: {tail[0]}")
 
 
 def _prog(var: str, default: str) -> str:
@@ -144,12 +152,11 @@ def _vtm(rgb: np.ndarray, q: float):
     with tempfile.TemporaryDirectory() as tmp:
         src, bits, rec = (os.path.join(tmp, n) for n in ("in.yuv", "out.bin", "rec.yuv"))
         rgb_to_ycbcr444(rgb).tofile(src)
-        _, te = _timed(subprocess.run, [
+        _, te = _timed(_run_tool, [
             _prog("VTM_ENCODER", "EncoderAppStatic"), "-i", src, "-c", cfg, "-q", str(int(q)), "-o", os.devnull,
             "-b", bits, "-wdt", str(w), "-hgt", str(h), "-fr", "1", "-f", "1", "--InputChromaFormat=444",
-            "--InputBitDepth=8", "--ConformanceWindowMode=1"], **_QUIET)
-        _, td = _timed(subprocess.run, [_prog("VTM_DECODER", "DecoderAppStatic"), "-b", bits, "-o", rec, "-d", "8"],
-                       **_QUIET)
+            "--InputBitDepth=8", "--ConformanceWindowMode=1"])
+        _, td = _timed(_run_tool, [_prog("VTM_DECODER", "DecoderAppStatic"), "-b", bits, "-o", rec, "-d", "8"])
         decoded = np.fromfile(rec, np.uint8).reshape(3, h, w)
         return Path(bits).read_bytes(), ycbcr444_to_rgb(decoded), te, td
 
@@ -187,7 +194,10 @@ ALIASES = {"jpeg": ["jpeg444", "jpeg420"], "avif": ["avif444", "avif420"], "bpg"
 def _measure(task: tuple[str, float, str]) -> dict:
     name, q, path = task
     rgb = load_image(path)
-    data, out, te, td = CODECS[name].coder(rgb, q)
+    try:
+        data, out, te, td = CODECS[name].coder(rgb, q)
+    except ToolError as e:  # rows so far are saved: fix the tool and rerun to resume
+        raise ToolError(f"{name} at quality {q:g} on {Path(path).name}: {e}") from None
     h, w = rgb.shape[:2]
     return {"codec": name, "quality": q, "image": Path(path).name, "bytes": len(data),
             "bpp": bpp(len(data), w, h), "psnr-rgb": psnr(rgb, out), "ms-ssim-rgb": ms_ssim(rgb, out),

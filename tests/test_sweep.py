@@ -78,3 +78,14 @@ def test_external_programs_are_driven_through_files_and_measured(tmp_path, monke
     assert float(rows["bpg444"]["psnr-rgb"]) == float("inf")  # the PNG came back untouched
     assert float(rows["vtm"]["bpp"]) == pytest.approx(24.0)   # raw 4:4:4 8-bit planes: 24 bits a pixel
     assert 40 < float(rows["vtm"]["psnr-rgb"]) < float("inf")  # only the YCbCr truncation is lost
+
+
+def test_a_failing_external_program_stops_the_sweep_with_its_message_and_keeps_the_rows(tmp_path, monkeypatch):
+    failing = tmp_path / "bpgenc"
+    failing.write_text("#!/bin/sh\necho 'x265: out of cheese' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("BPGENC", str(failing))
+    monkeypatch.setenv("BPGDEC", str(failing))
+    with pytest.raises(sweep.ToolError, match="bpg444 at quality 30 on .*: bpgenc exited with 3: x265: out of cheese"):
+        sweep.run(SAMPLES, ["jpeg444", "bpg444"], tmp_path / "out", qualities=[30])
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "per_image.csv")))) == 2  # jpeg rows kept
