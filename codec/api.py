@@ -89,12 +89,18 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
         packets, _ = hp_entropy.compress(net, x, level_of(net, header.quality).to(device), features)
         return bitstream.write(Container(header, packets))
 
+    budget = budget_bytes(bpp, size, w, h)
+    return at(quality) if budget is None else search_quality(at, budget)
+
+
+def budget_bytes(bpp: float | None, size: int | None, width: int, height: int) -> float | None:
+    """A rate target (bits per pixel or whole-file bytes) -> a byte budget; None when there is none."""
     if bpp is None and size is None:
-        return at(quality)
-    budget = size if size is not None else bpp * w * h / 8
+        return None
+    budget = size if size is not None else bpp * width * height / 8
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise ValueError(f"the rate target must be a positive number, got {bpp if size is None else size}")
-    return search_quality(at, budget)
+    return budget
 
 
 def search_quality(at, budget: float, iterations: int = 10) -> bytes:

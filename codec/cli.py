@@ -105,7 +105,7 @@ def cmd_encode(args) -> None:
     encode_s = time.perf_counter() - t0
     h, w = rgb.shape[:2]
     quality = describe(data)["quality"]
-    target = args.size if args.size is not None else (args.bpp * w * h / 8 if args.bpp is not None else None)
+    target = api.budget_bytes(args.bpp, args.size, w, h)
     if target is not None and len(data) > target:
         print(f"codec: warning: {len(data)} bytes at the lowest quality, over the {target:.0f}-byte target",
               file=sys.stderr)
