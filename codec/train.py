@@ -122,7 +122,7 @@ def validate(model, images: torch.Tensor) -> list[dict]:
         lv = torch.full((x.shape[0],), float(level), device=x.device)
         y, z = model.analyse(x, lv)
         z_hat, z_lik = model.entropy_bottleneck(z, training=False)
-        scales, means, y_hat = model.latent_prior(y, model.hyper_features(z_hat, model.gains(lv)[3]))
+        scales, means, y_hat = model.latent_prior(y, model.hyper_features(z_hat, lv))
         _, y_lik = model.gaussian_conditional(y, scales, means, training=False)
         x_hat = model.synthesise(y_hat, lv)
         bpp, mse = rd_terms({"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}, x)

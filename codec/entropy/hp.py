@@ -38,7 +38,7 @@ def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor
     z_symbols = scalar.quantize(z, z_medians)
     z_hat = scalar.dequantize(z_symbols, z_medians)
     z_payload = coder.encode_indexed(z_symbols.cpu().numpy(), z_indexes, *_tables(model.entropy_bottleneck))
-    hyper = model.hyper_features(z_hat, model.gains(level)[3])
+    hyper = model.hyper_features(z_hat, level)
     # One range-coder stream for y, pass after pass: a pass's prior may depend on earlier passes.
     enc = coder.Encoder()
     y_hat = torch.zeros_like(y)
@@ -72,7 +72,7 @@ def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: 
     z_medians, z_indexes = _z_medians_and_indexes(model, z_shape)
     z_symbols = coder.decode_indexed(hyper_packets[0].payload, z_indexes, *_tables(model.entropy_bottleneck))
     z_hat = scalar.dequantize(torch.from_numpy(z_symbols).view(z_shape).to(z_medians.device), z_medians)
-    hyper = model.hyper_features(z_hat, model.gains(level)[3])
+    hyper = model.hyper_features(z_hat, level)
     if hyper.shape[2:] != (h, w):
         raise BitstreamError("latent size does not match the image size in the header")
     y_hat = torch.zeros((1, model.M, h, w), dtype=torch.float32, device=hyper.device)

@@ -92,8 +92,9 @@ class GainedMeanScaleHyperprior(nn.Module):
         t = level - lo
         return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
 
-    def hyper_features(self, z_hat: torch.Tensor, hyper_inv_gain: torch.Tensor) -> torch.Tensor:
-        return self.h_s(z_hat * hyper_inv_gain)
+    def hyper_features(self, z_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Decoded z (gained) at rate `level` -> the features the latent prior is computed from."""
+        return self.h_s(z_hat * self.gains(level)[3])
 
     # The latent is coded in passes: each pass codes the positions of its mask, with a prior that may
     # look at the latents decoded by earlier passes. This model has one pass: the hyperprior alone.
@@ -121,7 +122,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         return scales, means, y_hat
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
-        gain, inv_gain, hgain, hinv_gain = self.gains(level)
+        gain, inv_gain, hgain, _ = self.gains(level)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             y = self.g_a(x)
         y = y.float() * gain
@@ -130,7 +131,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         # Likelihoods stay in float32: bf16 would blur the rate term.
         z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * hgain)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
-            hyper = self.hyper_features(z_hat, hinv_gain)
+            hyper = self.hyper_features(z_hat, level)
         # The synthesis sees the rounded latent (straight-through), as the decoder will;
         # the rate term sees additive noise.
         scales, means, y_hat = self.latent_prior(y, hyper)
