@@ -19,9 +19,11 @@ import bitstream
 from bitstream import BitstreamError, Container, Header
 from codec import zoo
 from codec.entropy import hp as hp_entropy
+from codec.entropy import vq as vq_entropy
 from codec.io import ImageReadError, load_image
 
 PAD = 64  # the hp transforms downsample by 64 in all (16 for y, 4 more for z)
+VQ_PAD = 16  # the vq transforms downsample by 16
 # The networks run on a whole image at once: about 0.55 KB of memory a pixel on CPU (4.1 GB peak
 # for 6.3 M pixels), so larger images are refused rather than left to exhaust memory.
 MAX_PIXELS = 1 << 25
@@ -52,11 +54,11 @@ def _check_quality(quality: float) -> float:
     return round(float(quality), 2)  # the header stores hundredths; encode with what decode will see
 
 
-def to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
+def to_tensor(rgb: np.ndarray, device: str, pad: int = PAD) -> torch.Tensor:
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
     h, w = x.shape[2:]
-    # Replicate-pad to whole 64-pixel blocks: an edge copy costs fewer bits than a black border.
-    return F.pad(x, (0, -w % PAD, 0, -h % PAD), mode="replicate") if (h % PAD or w % PAD) else x
+    # Replicate-pad to whole blocks: an edge copy costs fewer bits than a black border.
+    return F.pad(x, (0, -w % pad, 0, -h % pad), mode="replicate") if (h % pad or w % pad) else x
 
 
 def to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
@@ -64,15 +66,25 @@ def to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).cpu().numpy()
 
 
+def vq_points(net) -> list[tuple[int, int]]:
+    """The vq model's operating points (codebook size K, depth D), in increasing rate: every
+    codebook at depth 1, then the main codebook with each further residual stage."""
+    main = net.autoencoder.quantizer
+    return [(k, 1) for k in net.sizes] + [(main.codebook_size, d) for d in range(2, main.max_depth + 1)]
+
+
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
-           device: str = "cpu") -> bytes:
+           codebook: int | None = None, depth: int | None = None, device: str = "cpu") -> bytes:
     """Compress an image to the bytes of a .bin file.
 
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
-    quality whose file fits the budget. If even quality 0 does not fit, quality 0 is used."""
+    quality whose file fits the budget. If even quality 0 does not fit, quality 0 is used.
+    `codebook` and `depth` (vq only) pick the codebook size K and the residual depth D directly."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     net, meta, whash = zoo.load(zoo.DEFAULT_MODEL.get(model, model), device)
+    if meta["family"] != "vq" and (codebook is not None or depth is not None):
+        raise ValueError("codebook and depth apply to the vq model only")
     rgb = as_rgb(image)
     h, w = rgb.shape[:2]
     if h * w > MAX_PIXELS:
@@ -80,6 +92,9 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
                              f"{MAX_PIXELS / 1e6:.1f} M in one piece")
     header = Header(family=meta["family"], model_id=meta["model_id"], weights_hash=whash, width=w, height=h)
     bitstream.container.header_bytes(header)  # validates the size before any model work
+    budget = budget_bytes(bpp, size, w, h)
+    if meta["family"] == "vq":
+        return _encode_vq(net, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget)
     x = to_tensor(rgb, device)
     with torch.no_grad():
         features = net.g_a(x)  # the same at every quality: computed once for a rate search
@@ -89,8 +104,45 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
         packets, _ = hp_entropy.compress(net, x, level_of(net, header.quality).to(device), features)
         return bitstream.write(Container(header, packets))
 
-    budget = budget_bytes(bpp, size, w, h)
     return at(quality) if budget is None else search_quality(at, budget)
+
+
+def _encode_vq(net, x: torch.Tensor, header: Header, quality: float, codebook: int | None, depth: int | None,
+               budget: float | None) -> bytes:
+    points = vq_points(net)
+    with torch.no_grad():
+        features = net.autoencoder.g_a(x)
+
+    def at(i: int) -> bytes:
+        header.codebook, header.depth = points[i]
+        header.quality = round(100 * i / (len(points) - 1), 2)
+        codes, _ = net.codebook(header.codebook)
+        maps = net.autoencoder.quantizer.indices(features, header.depth, codes)
+        return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))
+
+    if budget is not None:
+        return search_point(at, len(points), budget)
+    if codebook is None and depth is None:
+        return at(round(_check_quality(quality) / 100 * (len(points) - 1)))
+    point = (codebook or net.autoencoder.quantizer.codebook_size, depth or 1)
+    if point not in points:
+        raise ValueError(f"no operating point with codebook {point[0]} and depth {point[1]} (this model has: "
+                         + ", ".join(f"{k}" if d == 1 else f"{k}x{d}" for k, d in points) + ")")
+    return at(points.index(point))
+
+
+def search_point(at, n: int, budget: float) -> bytes:
+    """The file at the highest of n discrete operating points (rate increasing) that fits the budget,
+    by bisection; the lowest point when none fits."""
+    lo, hi, best = 0, n - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        data = at(mid)
+        if len(data) <= budget:
+            best, lo = data, mid + 1
+        else:
+            hi = mid - 1
+    return best if best is not None else at(0)
 
 
 def budget_bytes(bpp: float | None, size: int | None, width: int, height: int) -> float | None:
@@ -146,10 +198,23 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.nd
     if whash != header.weights_hash:
         raise BitstreamError(f"this file was made with other weights for model {header.model_id!r} "
                              f"({header.weights_hash.hex()} here {whash.hex()})")
+    if header.family == "vq":
+        return _decode_vq(net, container, header, device)
     hp, wp = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
     level = level_of(net, header.quality).to(device)
     y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level, conceal=conceal)
     return to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
+
+
+def _decode_vq(net, container: Container, header: Header, device: str) -> np.ndarray:
+    if (header.codebook, header.depth) not in vq_points(net):
+        raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
+                             f"which model {header.model_id!r} does not have")
+    hw = (-(-header.height // VQ_PAD), -(-header.width // VQ_PAD))
+    maps = vq_entropy.decompress(net, container.packets, hw, header.codebook, header.depth)
+    codes, _ = net.codebook(header.codebook)
+    x_hat = net.autoencoder.synthesise([m[None].to(device) for m in maps], codes)
+    return to_rgb(x_hat, header.height, header.width)
 
 
 def decode(data: bytes, device: str = "cpu") -> Image.Image:

@@ -100,18 +100,23 @@ def cmd_encode(args) -> None:
 
     rgb = load_image(read_input(args.input))
     t0 = time.perf_counter()
-    data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
-                      device=args.device)
+    try:
+        data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
+                          codebook=args.codebook, depth=args.depth, device=args.device)
+    except ValueError as e:  # the API's word for bad arguments
+        raise UsageError(str(e)) from None
     encode_s = time.perf_counter() - t0
     h, w = rgb.shape[:2]
-    quality = describe(data)["quality"]
+    info = describe(data)
     target = api.budget_bytes(args.bpp, args.size, w, h)
     if target is not None and len(data) > target:
         print(f"codec: warning: {len(data)} bytes at the lowest quality, over the {target:.0f}-byte target",
               file=sys.stderr)
-    fields = {"input": args.input, "output": args.output, "model": args.model, "quality": quality,
+    fields = {"input": args.input, "output": args.output, "model": args.model, "quality": info["quality"],
               "width": w, "height": h, "bytes": len(data), "bpp": round(bpp(len(data), w, h), 5),
               "encode_s": round(encode_s, 3)}
+    if info["codebook"]:
+        fields.update(codebook=info["codebook"], depth=info["depth"])
     if args.json:  # the PSNR a user will get: decode the very bytes just written
         t0 = time.perf_counter()
         decoded = api.decode_rgb(data, device=args.device)
@@ -182,13 +187,18 @@ def build_parser() -> Parser:
                        "(PNG, JPEG, WebP, ...) into a .bin file.")
     e.add_argument("input", metavar="IN", help="image file, or - for stdin")
     e.add_argument("output", metavar="OUT", help=".bin file to write, or - for stdout")
-    e.add_argument("--model", default="hp", choices=["hp"], help="model family (default: hp)")
+    e.add_argument("--model", default="hp", choices=["hp", "vq"],
+                   help="hp: hyperprior, about 0.1-2 bpp; vq: vector-quantized, extreme low rates (default: hp)")
     rate = e.add_mutually_exclusive_group()
     rate.add_argument("--quality", type=_quality, default=50.0,
                       help="0..100, higher is better and larger; continuous (default: 50)")
     rate.add_argument("--bpp", type=_positive(float), help="target bits per pixel (whole file): "
                       "the highest quality that fits is searched")
     rate.add_argument("--size", type=_positive(int), help="target file size in bytes, searched like --bpp")
+    e.add_argument("--codebook", type=_positive(int), metavar="K",
+                   help="vq: codebook size (8, 16, ..., 8192); overrides --quality")
+    e.add_argument("--depth", type=_positive(int), metavar="D",
+                   help="vq: quantizer stages (residual VQ adds rate; with the full codebook only)")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)

@@ -1,9 +1,10 @@
 """Rate-distortion sweeps: every image of a dataset through every codec at every quality.
 
 Measured as ../shared/anchors/README.md says: bpp = 8 x whole file bytes / pixels, PSNR-RGB and
-MS-SSIM (pytorch_msssim, data_range 255) on the 8-bit RGB output, wall times per image. Writes, in
---out: per_image.csv (one row per codec, quality and image; the sweep resumes from it),
-<codec>.json in CompressAI's results layout, bdrate.md, rd.png and rd-msssim.png.
+MS-SSIM (pytorch_msssim, data_range 255) and HaarPSI (piq) on the 8-bit RGB output, wall times per
+image. Writes, in --out: per_image.csv (one row per codec, quality and image; the sweep resumes from
+it), <codec>.json in CompressAI's results layout, bdrate.md, rd.png and rd-msssim.png, and with vq
+rd-lowrate.png (the extreme low rates).
 
 External programs are found on PATH or through environment variables (BPGENC/BPGDEC, CJXL/DJXL,
 HEIF_ENC/HEIF_DEC (heif-convert by default), VTM_ENCODER/VTM_DECODER and VTM_CFG, the path of
@@ -30,11 +31,11 @@ import numpy as np
 from PIL import Image
 
 from codec.io import find_images, load_image
-from codec.metrics import bpp, ms_ssim, psnr
+from codec.metrics import bpp, haarpsi, ms_ssim, psnr
 
 ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" / "kodak"
-CSV_FIELDS = ["codec", "quality", "image", "bytes", "bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time",
-              "decoding_time"]
+CSV_FIELDS = ["codec", "quality", "image", "bytes", "bpp", "psnr-rgb", "ms-ssim-rgb", "haarpsi-rgb",
+              "encoding_time", "decoding_time"]
 
 # A coder: (rgb, quality) -> (file bytes, decoded rgb, encode seconds, decode seconds)
 Coder = Callable[[np.ndarray, float], tuple[bytes, np.ndarray, float, float]]
@@ -62,11 +63,13 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def _hp(rgb: np.ndarray, q: float):
-    from codec import api
-    data, te = _timed(api.encode, rgb, "hp", q)
-    out, td = _timed(api.decode_rgb, data)
-    return data, out, te, td
+def _learned(model: str) -> Coder:
+    def run(rgb: np.ndarray, q: float):
+        from codec import api
+        data, te = _timed(api.encode, rgb, model, q)
+        out, td = _timed(api.decode_rgb, data)
+        return data, out, te, td
+    return run
 
 
 def _pillow(fmt: str, **options) -> Coder:
@@ -170,7 +173,9 @@ def _heif(chroma: str) -> Coder:
 HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
 
 CODECS: dict[str, CodecSpec] = {
-    "hp": CodecSpec([0, 12.5, 25, 37.5, 50, 62.5, 75, 87.5, 100], _hp),
+    "hp": CodecSpec([0, 12.5, 25, 37.5, 50, 62.5, 75, 87.5, 100], _learned("hp")),
+    # One quality per operating point of the shipped vq model (codec.api.vq_points): K = 8 ... 8192, then depth 2.
+    "vq": CodecSpec([round(100 * i / 11, 2) for i in range(12)], _learned("vq")),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
     "jpeg420": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG")),
     "webp": CodecSpec(list(range(5, 100, 5)), _pillow("WEBP")),
@@ -201,7 +206,7 @@ def _measure(task: tuple[str, float, str]) -> dict:
     h, w = rgb.shape[:2]
     return {"codec": name, "quality": q, "image": Path(path).name, "bytes": len(data),
             "bpp": bpp(len(data), w, h), "psnr-rgb": psnr(rgb, out), "ms-ssim-rgb": ms_ssim(rgb, out),
-            "encoding_time": te, "decoding_time": td}
+            "haarpsi-rgb": haarpsi(rgb, out), "encoding_time": te, "decoding_time": td}
 
 
 def _progress(done: int, total: int, label: str, start: float) -> None:
@@ -213,14 +218,17 @@ def _progress(done: int, total: int, label: str, start: float) -> None:
 
 
 def summarise(rows: list[dict], name: str) -> dict:
-    """Per-image rows of one codec -> CompressAI results JSON (means over images at each quality)."""
-    qualities = sorted({r["quality"] for r in rows if r["codec"] == name})
-    results: dict[str, list] = {k: [] for k in ["quality", "n_images"] + CSV_FIELDS[4:]}
+    """Per-image rows of one codec -> CompressAI results JSON (means over images at each quality).
+    A metric missing from some rows (measured by an older version of the sweep) is left out."""
+    mine = [r for r in rows if r["codec"] == name]
+    qualities = sorted({r["quality"] for r in mine})
+    metrics = [k for k in CSV_FIELDS[4:] if all(r.get(k) not in (None, "") for r in mine)]
+    results: dict[str, list] = {k: [] for k in ["quality", "n_images"] + metrics}
     for q in qualities:
-        sel = [r for r in rows if r["codec"] == name and r["quality"] == q]
+        sel = [r for r in mine if r["quality"] == q]
         results["quality"].append(q)
         results["n_images"].append(len(sel))
-        for k in CSV_FIELDS[4:]:
+        for k in metrics:
             results[k].append(float(np.mean([float(r[k]) for r in sel])))
     return {"name": name, "description": f"codec sweep {name}", "results": results}
 
@@ -235,10 +243,16 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
     rows: list[dict] = []
     if csv_path.exists():
         with open(csv_path) as f:
-            for r in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            for r in reader:
                 r["quality"] = float(r["quality"])
                 rows.append(r)
                 done_keys.add((r["codec"], r["quality"], r["image"]))
+        if reader.fieldnames != CSV_FIELDS:  # written by an older sweep: rewrite with today's columns
+            with open(csv_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, CSV_FIELDS, restval="")
+                writer.writeheader()
+                writer.writerows({k: r.get(k) for k in CSV_FIELDS} for r in rows)
     runnable = []
     for name in names:
         spec = CODECS[name]
@@ -335,11 +349,13 @@ def report(curves: dict[str, dict], out: Path) -> None:
         db = max(abs(m["bpp"][m["quality"].index(q)] / a["bpp"][a["quality"].index(q)] - 1) for q in common)
         lines.append(f"| {name} | {len(common)} | {dp:.3f} | {100 * db:.2f} |")
     (out / "bdrate.md").write_text("\n".join(lines) + "\n")
-    _plot(curves, anchors, out / "rd.png", "psnr-rgb", "PSNR-RGB (dB)")
-    _plot(curves, anchors, out / "rd-msssim.png", "ms-ssim-rgb", "MS-SSIM (RGB)")
+    _plot(curves, anchors, out / "rd.png", "psnr-rgb", "PSNR-RGB (dB)", (0, 2.2), (22, 42))
+    _plot(curves, anchors, out / "rd-msssim.png", "ms-ssim-rgb", "MS-SSIM (RGB)", (0, 2.2), (0.85, 1.0))
+    if "vq" in curves:
+        _plot(curves, anchors, out / "rd-lowrate.png", "ms-ssim-rgb", "MS-SSIM (RGB)", (0, 0.15), (0.6, 0.95))
 
 
-def _plot(curves, anchors, path: Path, metric: str, label: str) -> None:
+def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, ylim: tuple) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -355,11 +371,8 @@ def _plot(curves, anchors, path: Path, metric: str, label: str) -> None:
         ax.plot(r["bpp"], r[metric], "--", lw=1, label=f"{name} (anchor)")
     ax.set_xlabel("bits per pixel (whole file)")
     ax.set_ylabel(label)
-    ax.set_xlim(0, 2.2)
-    if metric == "psnr-rgb":
-        ax.set_ylim(22, 42)
-    else:
-        ax.set_ylim(0.85, 1.0)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"Kodak, {label} vs rate")

@@ -63,7 +63,8 @@ def random_batch(images: torch.Tensor, batch: int, crop: int, gen: torch.Generat
 
 
 class TrainLog:
-    """Averages per-step values over a window; one CSV row and one console line per window."""
+    """Averages per-step values over a window; one CSV row and one console line per window. A step
+    may report only some of the values (each is averaged over the steps that reported it)."""
 
     def __init__(self, path: Path, names: list[str]):
         new = not path.exists()
@@ -75,15 +76,17 @@ class TrainLog:
         self._reset()
 
     def _reset(self) -> None:
-        self.sums, self.n, self.start = {k: 0.0 for k in self.names}, 0, time.time()
+        self.sums, self.counts = {k: 0.0 for k in self.names}, {k: 0 for k in self.names}
+        self.n, self.start = 0, time.time()
 
     def add(self, **values: torch.Tensor) -> None:
         for k, v in values.items():  # tensors stay on the device until the window is written
             self.sums[k] = self.sums[k] + v.detach()
+            self.counts[k] += 1
         self.n += 1
 
     def write(self, step: int, gpu_seconds: float, lr: float) -> None:
-        row = {k: float(v) / self.n for k, v in self.sums.items()}
+        row = {k: float(v) / self.counts[k] if self.counts[k] else math.nan for k, v in self.sums.items()}
         rate = self.n / (time.time() - self.start)
         self.csv.writerow([step, round(gpu_seconds, 1), *(f"{row[k]:.5g}" for k in self.names), f"{lr:.2e}",
                            f"{rate:.1f}"])

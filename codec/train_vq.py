@@ -1,12 +1,18 @@
-"""Resumable, time-budgeted training of the vq family, in two stages.
+"""Resumable, time-budgeted training of the vq family, in three stages.
 
     python -m codec.train_vq --stage autoencoder --data .data/train --ckpt .ckpt-vq --out OUT --minutes 8
-    python -m codec.train_vq --stage prior       --data .data/train --ckpt .ckpt-vq --out OUT --minutes 8
+    python -m codec.train_vq --stage cluster     --data .data/train --ckpt .ckpt-vq --out OUT --minutes 2
+    python -m codec.train_vq --stage prior       --data .data/train --ckpt .ckpt-vq --out OUT --minutes 5
 
-autoencoder: encoder, vector quantizer and decoder, on MSE + (1 - MS-SSIM) + the quantizer loss.
-prior: the transformer entropy model over the frozen encoder's index maps, on masked-index
-cross-entropy (bits per index). Both stages share one checkpoint (--ckpt/state.pt) and one
-weights file; --init starts from exported weights on a fresh machine. Logs: train-log-<stage>.csv.
+autoencoder: encoder, vector quantizer (main codebook + residual stages) and decoder, on
+  MSE + w * (1 - MS-SSIM) + the quantizer loss, plus a hinge PatchGAN loss from --adv-start on.
+cluster: spherical k-means of the main codebook into K = 8, 16, ..., K_main / 2, each clustered
+  codebook fine-tuned on the reconstruction loss with the transforms frozen (Mao et al. 2023);
+  then the residual stages' index frequencies, which code them.
+prior: the transformer entropy model over the frozen encoder's index maps, a codebook size drawn per
+  step, on masked-index cross-entropy (bits per index, logged per size).
+All stages share one checkpoint (--ckpt/state.pt) and one weights file; --init starts from exported
+weights on a fresh machine. Logs: train-log-<stage>.csv.
 """
 from __future__ import annotations
 
@@ -16,14 +22,19 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
 from codec import zoo
+from codec.quantizers.cluster import cluster_codebook
 from codec.train import TrainLog, load_dataset, random_batch, scheduled_lr
 
-DEFAULTS = {"family": "vq", "model_id": "vq", "channels": [64, 96, 128, 160, 192], "dim": 192,
-            "codebook_size": 8192, "code_dim": 16, "prior_dim": 256, "prior_depth": 4}
+DEFAULTS = {"family": "vq", "model_id": "vq", "channels": [64, 128, 160, 160], "dim": 192, "codebook_size": 8192,
+            "code_dim": 16, "residual_sizes": [4096], "decoder_blocks": 2,
+            "level_sizes": [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+            "prior_dim": 192, "prior_depth": 4, "prior_heads": 6, "head_rank": 96}
+SMALL = {"channels": [32, 32, 32, 32], "dim": 32, "codebook_size": 64, "residual_sizes": [16], "decoder_blocks": 1,
+         "level_sizes": [8, 16, 32], "prior_dim": 32, "prior_depth": 1, "prior_heads": 2, "head_rank": 16}
 
 
 def perplexity(indices: torch.Tensor, k: int) -> torch.Tensor:
@@ -33,21 +44,191 @@ def perplexity(indices: torch.Tensor, k: int) -> torch.Tensor:
     return torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
 
 
+class Distortion:
+    """MSE + w * (1 - MS-SSIM), MS-SSIM in float32 (only on crops MS-SSIM's five scales fit)."""
+
+    def __init__(self, msssim_weight: float, crop: int):
+        self.weight = msssim_weight if crop > 160 else 0.0
+        if self.weight:
+            from pytorch_msssim import ms_ssim
+            self.ms_ssim = ms_ssim
+
+    def __call__(self, x_hat: torch.Tensor, x: torch.Tensor) -> dict:
+        x_hat = x_hat.float()
+        mse = (x_hat - x).pow(2).mean()
+        out = {"mse": mse, "psnr": -10 * torch.log10(mse.detach())}
+        out["loss"] = mse
+        if self.weight:
+            with torch.autocast(x.device.type, enabled=False):
+                out["ms_ssim"] = self.ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0)
+            out["loss"] = mse + self.weight * (1 - out["ms_ssim"])
+        return out
+
+
+def train_autoencoder(model, images, args, step, gen, log, budget, extra) -> int:
+    ae = model.autoencoder
+    from codec.models.vq import PatchDiscriminator
+    disc = PatchDiscriminator().to(images.device)
+    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, weight_decay=0.0)
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
+    if "autoencoder" in extra:
+        opt.load_state_dict(extra["autoencoder"]["opt"])
+        d_opt.load_state_dict(extra["autoencoder"]["d_opt"])
+        disc.load_state_dict(extra["autoencoder"]["disc"])
+    distortion = Distortion(args.msssim_weight, args.crop)
+    ae.train()
+    t0 = time.time()
+    while (elapsed := time.time() - t0) < budget:
+        for o in (opt, d_opt):
+            for g in o.param_groups:
+                g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
+        x = random_batch(images, args.batch, args.crop, gen)
+        adversarial = args.adv_weight > 0 and step >= args.adv_start
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            out = ae(x)
+            d = distortion(out["x_hat"], x)
+            loss = d["loss"] + out["vq_loss"]
+            values = {"loss": loss, "psnr": d["psnr"], "perplexity": perplexity(out["indices"], ae.quantizer.codebook_size)}
+            if "ms_ssim" in d:
+                values["ms_ssim"] = d["ms_ssim"]
+            if adversarial:
+                g_adv = -disc(out["x_hat"]).float().mean()
+                loss = loss + args.adv_weight * g_adv
+                values["g_adv"] = g_adv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        ae.quantizer.restart_dead_codes()
+        if adversarial:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+                d_loss = (F.relu(1 - disc(x).float()).mean() + F.relu(1 + disc(out["x_hat"].detach()).float()).mean())
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+            values["d_loss"] = d_loss
+        step += 1
+        log.add(**values)
+        if step % args.log_every == 0:
+            log.write(step, args.gpu_seconds + time.time() - t0, opt.param_groups[0]["lr"])
+    extra["autoencoder"] = {"opt": opt.state_dict(), "d_opt": d_opt.state_dict(), "disc": disc.state_dict()}
+    return step
+
+
+def marginal_mapping(main: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Main code -> its nearest code of a clustered codebook, which the prior's marginalisation
+    follows. A clustered code that no main code is nearest to would get no probability at all, so it
+    takes over its own nearest main code (when that leaves the code's old cluster non-empty)."""
+    mapping = (main @ codes.T).argmax(1)
+    counts = torch.bincount(mapping, minlength=len(codes))
+    for j in (counts == 0).nonzero().flatten().tolist():
+        i = int((main @ codes[j]).argmax())
+        if counts[mapping[i]] > 1:
+            counts[mapping[i]] -= 1
+            mapping[i], counts[j] = j, 1
+    return mapping
+
+
+def train_cluster(model, images, args, step, gen, log, budget, extra) -> int:
+    """Cluster the main codebook into each smaller size and fine-tune it; count residual indices."""
+    ae = model.autoencoder
+    ae.eval().requires_grad_(False)
+    q = ae.quantizer
+    distortion = Distortion(args.msssim_weight, args.crop)
+    sizes = model.levels.sizes
+    per_size = budget * 0.9 / len(sizes)
+    for k in sizes:
+        small, mapping = cluster_codebook(q.codes().detach(), k)
+        weight = torch.nn.Parameter(small.clone())
+        opt = torch.optim.Adam([weight], lr=args.cluster_lr)
+        t0 = time.time()
+        while time.time() - t0 < per_size:
+            x = random_batch(images, args.batch, args.crop, gen)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+                with torch.no_grad():
+                    z = ae.g_a(x)
+                    e = q.project(z)
+                codes = F.normalize(weight, dim=-1)
+                idx = (e @ codes.T.detach()).argmax(1)
+                qv = codes[idx]
+                b, _, h, w = z.shape
+                x_hat = ae.g_s(q.project_out(qv.view(b, h, w, -1).permute(0, 3, 1, 2).to(z.dtype)))
+                d = distortion(x_hat, x)
+                loss = d["loss"] + F.mse_loss(qv, e)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            log.add(**{f"psnr_{k}": d["psnr"], **({f"ms_ssim_{k}": d["ms_ssim"]} if "ms_ssim" in d else {})})
+            if step % args.log_every == 0:
+                log.write(step, args.gpu_seconds + args.elapsed(), args.cluster_lr)
+        codes = F.normalize(weight.detach(), dim=-1)
+        model.levels.set(k, codes, marginal_mapping(q.codes().detach(), codes))
+        print(f"codebook {k}: fine-tuned {time.time() - t0:.0f}s", flush=True)
+    with torch.no_grad():  # residual stages' index frequencies, +1 so that no index is impossible
+        counts = [torch.ones(s.size, device=images.device) for s in q.stages[1:]]
+        t0 = time.time()
+        while time.time() - t0 < budget * 0.1:
+            x = random_batch(images, args.batch, args.crop, gen)
+            maps = ae.analyse(x, q.max_depth)
+            for c, m in zip(counts, maps[1:]):
+                c += torch.bincount(m.flatten(), minlength=len(c))
+        for i, c in enumerate(counts):
+            getattr(model, f"residual_counts_{i + 1}").copy_(c)
+    ae.requires_grad_(True)
+    return step
+
+
+def train_prior(model, images, args, step, gen, log, budget, extra) -> int:
+    ae, prior = model.autoencoder, model.prior
+    ae.eval()
+    prior.train()
+    opt = torch.optim.AdamW(prior.parameters(), lr=args.lr, weight_decay=0.01)
+    if "prior" in extra:
+        opt.load_state_dict(extra["prior"]["opt"])
+    sizes = model.sizes
+    t0 = time.time()
+    while (elapsed := time.time() - t0) < budget:
+        for g in opt.param_groups:
+            g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
+        k = sizes[int(torch.randint(len(sizes), (1,), generator=gen, device=images.device))]
+        codes, mapping = model.codebook(k)
+        x = random_batch(images, args.batch, args.crop, gen)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            indices = ae.analyse(x, 1, codes)[0]
+            loss = prior.loss(indices, codes.detach(), mapping)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+        opt.step()
+        step += 1
+        log.add(**{f"bits_{k}": loss})
+        if step % args.log_every == 0:
+            log.write(step, args.gpu_seconds + time.time() - t0, opt.param_groups[0]["lr"])
+    extra["prior"] = {"opt": opt.state_dict()}
+    return step
+
+
+STAGES = {"autoencoder": train_autoencoder, "cluster": train_cluster, "prior": train_prior}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["autoencoder", "prior"], required=True)
+    ap.add_argument("--stage", choices=list(STAGES), required=True)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--ckpt", type=Path, default=Path(".ckpt-vq"))
     ap.add_argument("--init", type=Path, help="exported vq weights to start from if --ckpt is empty")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--crop", type=int, default=192)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--lr-final", type=float, default=None)
     ap.add_argument("--decay-fraction", type=float, default=0.3)
-    ap.add_argument("--msssim-weight", type=float, default=0.2, help="weight of 1 - MS-SSIM (crops >= 161 px)")
-    ap.add_argument("--codebook-size", type=int, default=DEFAULTS["codebook_size"])
+    ap.add_argument("--msssim-weight", type=float, default=1.0, help="weight of 1 - MS-SSIM (crops >= 161 px)")
+    ap.add_argument("--adv-weight", type=float, default=0.0, help="weight of the PatchGAN generator loss")
+    ap.add_argument("--adv-start", type=int, default=0, help="autoencoder step from which the GAN loss is on")
+    ap.add_argument("--cluster-lr", type=float, default=1e-3)
     ap.add_argument("--small", action="store_true", help="a tiny model, for smoke tests on CPU")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--weights-name", default="vq-v1.safetensors")
@@ -56,84 +237,52 @@ def main(argv=None) -> None:
 
     start = time.time()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
     args.out.mkdir(parents=True, exist_ok=True)
     args.ckpt.mkdir(parents=True, exist_ok=True)
     images = torch.from_numpy(load_dataset(args.data, args.workers)).to(dev)
 
-    meta = dict(DEFAULTS, codebook_size=args.codebook_size)
-    if args.small:
-        meta.update(channels=[32, 32, 32, 32, 32], dim=32, prior_dim=32, prior_depth=1)
+    meta = dict(DEFAULTS, **(SMALL if args.small else {}))
     model = zoo.build("vq", meta).to(dev)
-    step, gpu_seconds = {"autoencoder": 0, "prior": 0}, 0.0
+    step, gpu_seconds, extra = {s: 0 for s in STAGES}, 0.0, {}
     full = args.ckpt / "state.pt"
     if full.exists():
         state = torch.load(full, map_location=dev)
         model.load_state_dict(state["model"])
-        step, gpu_seconds = state["steps"], state["gpu_seconds"]
+        step, gpu_seconds, extra = state["steps"], state["gpu_seconds"], state["extra"]
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
         model.load_state_dict(shipped.state_dict())
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
-    stage = model.autoencoder if args.stage == "autoencoder" else model.prior
-    opt = torch.optim.AdamW(stage.parameters(), lr=args.lr, weight_decay=0.0 if args.stage == "autoencoder" else 0.01)
-    if full.exists() and args.stage in state.get("opt", {}):
-        opt.load_state_dict(state["opt"][args.stage])
-    model.autoencoder.train(args.stage == "autoencoder")
-    model.prior.train(args.stage == "prior")
-    print(f"{args.stage}: {sum(p.numel() for p in stage.parameters()) / 1e6:.2f} M parameters, step "
-          f"{step[args.stage]}, {gpu_seconds / 60:.1f} GPU-min so far", flush=True)
+    stage = {"autoencoder": model.autoencoder, "cluster": model.levels, "prior": model.prior}[args.stage]
+    print(f"{args.stage}: model {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"stage {sum(p.numel() for p in stage.parameters()) / 1e6:.2f} M, step {step[args.stage]}, "
+          f"{gpu_seconds / 60:.1f} GPU-min so far", flush=True)
 
-    use_msssim = args.msssim_weight > 0 and args.crop > 160
-    names = (["loss", "psnr"] + ["ms_ssim"] * use_msssim + ["perplexity"] if args.stage == "autoencoder"
-             else ["bits_per_index"])
+    names = {"autoencoder": ["loss", "psnr", "ms_ssim", "perplexity", "g_adv", "d_loss"],
+             "cluster": [f"{m}_{k}" for k in model.levels.sizes for m in ("psnr", "ms_ssim")],
+             "prior": [f"bits_{k}" for k in model.sizes]}[args.stage]
     log = TrainLog(args.out / f"train-log-{args.stage}.csv", names)
     gen = torch.Generator(device=dev)
-    gen.manual_seed(4321 + step[args.stage])
-    if use_msssim:
-        from pytorch_msssim import ms_ssim
+    gen.manual_seed(4321 + sum(step.values()))
     budget = args.minutes * 60 - (time.time() - start)
     t0 = time.time()
-    while (elapsed := time.time() - t0) < budget:
-        for g in opt.param_groups:
-            g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
-        x = random_batch(images, args.batch, args.crop, gen)
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-            if args.stage == "autoencoder":
-                out = model.autoencoder(x)
-                x_hat = out["x_hat"].float()
-                mse = (x_hat - x).pow(2).mean()
-                loss = mse + out["vq_loss"]
-                values = {"psnr": -10 * torch.log10(mse.detach()),
-                          "perplexity": perplexity(out["indices"], model.autoencoder.quantizer.codebook_size)}
-                if use_msssim:
-                    values["ms_ssim"] = ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0)
-                    loss = loss + args.msssim_weight * (1 - values["ms_ssim"])
-                values["loss"] = loss
-            else:
-                loss = model.prior.loss(model.autoencoder.analyse(x))
-                values = {"bits_per_index": loss}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(stage.parameters(), 1.0)
-        opt.step()
-        step[args.stage] += 1
-        log.add(**values)
-        if step[args.stage] % args.log_every == 0:
-            log.write(step[args.stage], gpu_seconds + time.time() - t0, opt.param_groups[0]["lr"])
+    args.gpu_seconds, args.elapsed = gpu_seconds, lambda: time.time() - t0
+    step[args.stage] = STAGES[args.stage](model, images, args, step[args.stage], gen, log, budget, extra)
     if dev == "cuda":  # a CPU smoke run must not count as GPU training
         gpu_seconds += time.time() - t0
     log.close()
 
-    opts = state.get("opt", {}) if full.exists() else {}
-    opts[args.stage] = opt.state_dict()
-    torch.save({"model": model.state_dict(), "opt": opts, "steps": step, "gpu_seconds": gpu_seconds},
+    torch.save({"model": model.state_dict(), "extra": extra, "steps": step, "gpu_seconds": gpu_seconds},
                args.ckpt / "state.tmp")
     os.replace(args.ckpt / "state.tmp", full)
     meta.update(steps=step, gpu_seconds=round(gpu_seconds, 1), batch=args.batch, crop=args.crop)
     zoo.export(model, args.out / args.weights_name, meta)
-    uniform = math.log2(model.autoencoder.quantizer.codebook_size)
     print(f"done: {args.stage} step {step[args.stage]}, {gpu_seconds / 60:.1f} GPU-min "
-          f"(uniform coding: {uniform:.1f} bits/index), wall {time.time() - start:.0f}s", flush=True)
+          f"(uniform coding of the main codebook: {math.log2(meta['codebook_size']):.0f} bits/index), "
+          f"wall {time.time() - start:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # Model id -> weights file. The id is what a .bin header records.
 MODELS = {
     "hp": "hp-gain-v1.safetensors",
+    "vq": "vq-v1.safetensors",
 }
-DEFAULT_MODEL = {"hp": "hp"}
+DEFAULT_MODEL = {"hp": "hp", "vq": "vq"}
 
 _TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
@@ -47,14 +48,8 @@ def build(family: str, config: dict) -> torch.nn.Module:
             raise ModelNotFound(f"unknown hp architecture {arch!r}")
         return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
     if family == "vq":
-        from codec.entropy.transformer import IndexPrior
-        from codec.models.vq import VQAutoencoder
-        # One weights file holds both stages of the family: transforms + quantizer, and the prior.
-        model = torch.nn.Module()
-        model.autoencoder = VQAutoencoder(tuple(config["channels"]), config["dim"], config["codebook_size"],
-                                          config["code_dim"])
-        model.prior = IndexPrior(config["codebook_size"], config["prior_dim"], config["prior_depth"])
-        return model
+        from codec.models.vq import VQCodec
+        return VQCodec(config)
     raise ModelNotFound(f"unknown model family {family!r}")
 
 

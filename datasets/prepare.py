@@ -1,12 +1,13 @@
 """Prepare the data sets the codec is trained and evaluated on.
 
     python datasets/prepare.py kodak  [--dest .data/kodak]   # verify ../shared copy, or download
-    python datasets/prepare.py train  [--dest .data/train]   # copy ../shared/datasets/train for a GPU job
+    python datasets/prepare.py train  [--dest .data/train] [--max-mib 30]   # copy the training crops for a GPU job
 
 Kodak is checked against datasets/kodak.json (sha256 of every file); a missing or wrong file is
 fetched from the manifest's URL when the network allows. The training crops exist only in the
 project's shared folder (research licences, see its README); `train` copies them into a git-ignored
-folder of the repo, which a device command then carries.
+folder of the repo, which a device command then carries; --max-mib keeps an evenly spread subset
+when the repo and the data together would exceed what a device call carries (64 MiB).
 """
 from __future__ import annotations
 
@@ -48,13 +49,24 @@ def prepare_kodak(dest: Path) -> None:
     print(f"\nkodak: {len(manifest['files'])} images verified in {dest}", file=sys.stderr)
 
 
-def prepare_train(dest: Path) -> None:
+def prepare_train(dest: Path, max_mib: float | None = None) -> None:
     src = SHARED / "train"
     if not src.is_dir():
         raise SystemExit(f"{src} is not here: the training crops live only in the project's shared folder")
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(src, dest)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    keep = files
+    if max_mib is not None and total > max_mib * 2**20:
+        # Every image file whose running share crosses a step of the kept fraction: an even spread
+        # over the sources; READMEs and licences always stay.
+        fraction = max_mib * 2**20 / total
+        keep = [p for i, p in enumerate(files) if p.suffix != ".webp" or int((i + 1) * fraction) > int(i * fraction)]
+    for p in keep:
+        target = dest / p.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
     count = sum(1 for p in dest.rglob("*.webp"))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"train: {count} crops, {size / 2**20:.1f} MiB in {dest}", file=sys.stderr)
@@ -64,9 +76,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=["kodak", "train"])
     ap.add_argument("--dest", type=Path, help="destination folder (default: .data/<dataset>)")
+    ap.add_argument("--max-mib", type=float, help="train: keep an evenly spread subset of at most this size")
     args = ap.parse_args()
     dest = args.dest or ROOT / ".data" / args.dataset
-    (prepare_kodak if args.dataset == "kodak" else prepare_train)(dest)
+    if args.dataset == "kodak":
+        prepare_kodak(dest)
+    else:
+        prepare_train(dest, args.max_mib)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The vq family's two training stages on CPU for a few seconds each."""
+"""The vq family's three training stages on CPU for a few seconds each."""
 import csv
+import math
 
 import torch
 
@@ -7,22 +8,44 @@ from codec import train_vq, zoo
 from tests.conftest import SAMPLES
 
 
-def _stage(tmp_path, stage):
+def _stage(tmp_path, stage, *extra):
     train_vq.main(["--stage", stage, "--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"),
-                   "--out", str(tmp_path / "out"), "--minutes", "0.1", "--batch", "2", "--crop", "64",
-                   "--small", "--codebook-size", "64", "--log-every", "2", "--workers", "1"])
+                   "--out", str(tmp_path / "out"), "--minutes", "0.08", "--batch", "2", "--crop", "64",
+                   "--small", "--log-every", "2", "--workers", "1", *extra])
     return zoo.load_file(tmp_path / "out" / "vq-v1.safetensors")
 
 
-def test_autoencoder_then_prior_stage_log_export_and_keep_the_autoencoder_frozen(tmp_path):
+def _log(tmp_path, stage):
+    return list(csv.DictReader(open(tmp_path / "out" / f"train-log-{stage}.csv")))
+
+
+def test_autoencoder_cluster_prior_stages_log_export_and_keep_the_autoencoder_frozen(tmp_path):
     torch.manual_seed(0)
-    net, meta = _stage(tmp_path, "autoencoder")
-    rows = list(csv.DictReader(open(tmp_path / "out" / "train-log-autoencoder.csv")))
+    net, meta = _stage(tmp_path, "autoencoder", "--adv-weight", "0.1")
+    rows = _log(tmp_path, "autoencoder")
     assert rows and float(rows[-1]["perplexity"]) >= 1 and meta["steps"]["autoencoder"] > 0
+    assert not math.isnan(float(rows[-1]["d_loss"]))  # the discriminator trained alongside
     frozen = {k: v.clone() for k, v in net.autoencoder.state_dict().items()}
+
+    net, meta = _stage(tmp_path, "cluster")
+    main_codes = net.autoencoder.quantizer.codes()
+    for k in net.levels.sizes:
+        codes, mapping = net.codebook(k)
+        assert codes.shape == (k, main_codes.shape[1]) and torch.allclose(codes.norm(dim=-1), torch.ones(k), atol=1e-3)
+        assert torch.equal(mapping, train_vq.marginal_mapping(main_codes, codes))
+    assert net.residual_pmf(1).sum().item() == 1.0 and (net.residual_pmf(1) > 0).all()
+
     net, meta = _stage(tmp_path, "prior")
     assert meta["steps"]["prior"] > 0
-    assert int(rows[-1]["step"]) <= meta["steps"]["autoencoder"] < int(rows[-1]["step"]) + 2  # logged every 2
     assert all(torch.equal(frozen[k], v) for k, v in net.autoencoder.state_dict().items())
-    bits = [float(r["bits_per_index"]) for r in csv.DictReader(open(tmp_path / "out" / "train-log-prior.csv"))]
+    bits = [float(v) for r in _log(tmp_path, "prior") for k, v in r.items() if k.startswith("bits_") and v != "nan"]
     assert bits and all(0 < b < 20 for b in bits)  # finite, positive bits an index
+
+
+def test_marginal_mapping_leaves_no_clustered_code_without_a_main_code():
+    main = torch.eye(4)
+    codes = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0, 0], [1.0, -0.1, 0, 0], [0, 0, 1.0, 0]]), dim=-1)
+    # Nearest-code assignment leaves code 1 empty (main codes 0, 1 and 3 all go to code 0 or 2).
+    assert 1 not in (main @ codes.T).argmax(1).tolist()
+    mapping = train_vq.marginal_mapping(main, codes)
+    assert sorted(set(mapping.tolist())) == [0, 1, 2]

@@ -6,7 +6,14 @@ distribution predicted from every index of the groups before it (the rest masked
 runs the network `lattice`^2 times whatever the image size. The same network, trained with random
 masking ratios, can later predict indices lost from a damaged packet.
 
-Shapes: indices (B, h, w) int64 in [0, K); logits (B, h, w, K).
+One network serves every codebook size. A known index enters as its code vector (so a clustered
+codebook needs no embedding table of its own) plus an embedding of log2 K; the output is a
+distribution over the main codebook, marginalised onto a clustered codebook through its mapping
+(P(cluster j) = sum of P(code i) over the codes i that cluster into j). Positions enter through a
+depthwise convolution over the token grid, which holds for any map size (training crops give 16x16
+maps, Kodak 48x32).
+
+Shapes: indices (B, h, w) int64 in [0, K); codes (K, code_dim); mapping (K_main,) -> [0, K).
 """
 from __future__ import annotations
 
@@ -17,32 +24,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitstream import coder
-
 
 class IndexPrior(nn.Module):
-    def __init__(self, codebook_size: int, dim: int = 256, depth: int = 4, heads: int = 4, max_side: int = 64,
-                 lattice: int = 3):
+    def __init__(self, codebook_size: int, code_dim: int = 16, dim: int = 256, depth: int = 4, heads: int = 8,
+                 head_rank: int = 128, lattice: int = 3):
         super().__init__()
-        self.codebook_size, self.lattice, self.max_side = codebook_size, lattice, max_side
-        self.mask_token = codebook_size
-        self.token = nn.Embedding(codebook_size + 1, dim)
-        self.row = nn.Embedding(max_side, dim)
-        self.col = nn.Embedding(max_side, dim)
+        self.codebook_size, self.lattice = codebook_size, lattice
+        self.token = nn.Linear(code_dim, dim)
+        self.mask = nn.Parameter(torch.zeros(dim))
+        self.level = nn.Embedding(max(codebook_size.bit_length(), 2), dim)
+        self.position = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, codebook_size)
+        # Low-rank head: the codes are only code_dim-dimensional, and a full dim x K layer would
+        # dominate the weights file.
+        self.head = nn.Sequential(nn.Linear(dim, head_rank), nn.Linear(head_rank, codebook_size))
 
-    def forward(self, indices: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """indices (B, h, w), known (B, h, w) bool -> logits (B, h, w, K); unknown indices are ignored."""
+    def forward(self, indices: torch.Tensor, known: torch.Tensor, codes: torch.Tensor,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        """indices (B, h, w) into `codes`, known (B, h, w) bool -> logits (B, h, w, K_main) over the
+        main codebook; unknown indices are ignored. With `select` (B, h, w) bool: logits (N, K_main)
+        of the selected positions only (the output layer is most of the cost)."""
         b, h, w = indices.shape
-        if h > self.max_side or w > self.max_side:
-            raise ValueError(f"index map {h}x{w} exceeds the prior's {self.max_side}x{self.max_side}")
-        tokens = torch.where(known, indices, torch.full_like(indices, self.mask_token))
-        pos = self.row.weight[:h, None, :] + self.col.weight[None, :w, :]
-        x = (self.token(tokens) + pos).reshape(b, h * w, -1)
-        return self.head(self.norm(self.blocks(x))).view(b, h, w, self.codebook_size)
+        k = codes.shape[0]
+        x = self.token(codes.to(self.token.weight.dtype))[indices]  # (B, h, w, dim)
+        x = torch.where(known[..., None], x, self.mask) + self.level.weight[k.bit_length() - 1]
+        x = x + self.position(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.blocks(x.reshape(b, h * w, -1)).view(b, h, w, -1)
+        if select is not None:
+            return self.head(self.norm(x[select]))
+        return self.head(self.norm(x))
 
     def groups(self, h: int, w: int, device=None) -> list[torch.Tensor]:
         """Bool masks (h, w), one per coding step, partitioning the map. Groups are taken in an order
@@ -53,17 +65,29 @@ class IndexPrior(nn.Module):
         order = sorted(range(s * s), key=lambda g: (_spread(g // s, s), _spread(g % s, s)))
         return [(i == g // s) & (j == g % s) for g in order]
 
-    def loss(self, indices: torch.Tensor) -> torch.Tensor:
+    def loss(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
         """Training: hide a random share of each map (cosine schedule, as MaskGIT) and predict it.
-        Returns cross-entropy in bits per hidden index."""
+        Returns cross-entropy in bits per hidden index, marginalised onto the codebook `codes`."""
         b, h, w = indices.shape
         ratio = torch.cos(torch.rand(b, 1, 1, device=indices.device) * math.pi / 2)  # share hidden
         hidden = torch.rand(b, h, w, device=indices.device) < ratio
         # At least one hidden index a map, so the loss is never a mean over nothing.
         one = F.one_hot(torch.randint(h * w, (b,), device=indices.device), h * w).view(b, h, w).bool()
         hidden |= one
-        logits = self(indices, ~hidden)
-        return F.cross_entropy(logits[hidden], indices[hidden]) / math.log(2)
+        logits = self(indices, ~hidden, codes, hidden).float()
+        target = indices[hidden]
+        if codes.shape[0] == self.codebook_size:
+            return F.cross_entropy(logits, target) / math.log(2)
+        members = mapping[None, :] == target[:, None]
+        log_p = torch.logsumexp(logits.masked_fill(~members, -math.inf), 1) - torch.logsumexp(logits, 1)
+        return -log_p.mean() / math.log(2)
+
+    def pmf(self, logits: torch.Tensor, mapping: torch.Tensor, k: int) -> np.ndarray:
+        """(N, K_main) logits -> (N, k) float64 probabilities over the codebook in use."""
+        p = torch.softmax(logits.double(), -1)
+        if k != self.codebook_size:
+            p = torch.zeros(p.shape[0], k, dtype=p.dtype, device=p.device).index_add_(1, mapping, p)
+        return p.cpu().numpy()
 
 
 def _spread(r: int, s: int) -> int:
@@ -71,32 +95,31 @@ def _spread(r: int, s: int) -> int:
     return r // 2 if r % 2 == 0 else (s + 1) // 2 + r // 2
 
 
-def _cdf_rows(logits: torch.Tensor) -> np.ndarray:
-    """(N, K) logits -> (N, K + 1) uint32 CDF rows (float64 softmax, then 16-bit integers)."""
-    return coder.pmf_to_cdf(torch.softmax(logits.double(), -1).cpu().numpy())
-
-
 @torch.no_grad()
-def encode(prior: IndexPrior, indices: torch.Tensor) -> bytes:
-    """indices (h, w) -> bytes: one range-coder stream, one batch of CDF rows per group."""
+def encode(prior: IndexPrior, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
+    """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group."""
+    from bitstream import coder  # here, not at the top: training (on a machine without the C++ build) never codes
     indices = indices[None]
     known = torch.zeros_like(indices, dtype=torch.bool)
     enc = coder.Encoder()
     for group in prior.groups(*indices.shape[1:], device=indices.device):
-        logits = prior(indices, known)[0][group]
-        enc.encode_rows(indices[0][group].cpu().numpy(), _cdf_rows(logits))
+        logits = prior(indices, known, codes, group[None])
+        enc.encode_rows(indices[0][group].cpu().numpy(), coder.pmf_to_cdf(prior.pmf(logits, mapping, len(codes))))
         known[0] |= group
     return enc.finish()
 
 
 @torch.no_grad()
-def decode(prior: IndexPrior, data: bytes, h: int, w: int, device: str = "cpu") -> torch.Tensor:
+def decode(prior: IndexPrior, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
     """bytes -> indices (h, w), running the prior once per group as the encoder did."""
+    from bitstream import coder
+    device = codes.device
     indices = torch.zeros((1, h, w), dtype=torch.long, device=device)
     known = torch.zeros_like(indices, dtype=torch.bool)
     dec = coder.Decoder(data)
     for group in prior.groups(h, w, device=device):
-        logits = prior(indices, known)[0][group]
-        indices[0][group] = torch.from_numpy(dec.decode_rows(_cdf_rows(logits))).long().to(device)
+        logits = prior(indices, known, codes, group[None])
+        rows = coder.pmf_to_cdf(prior.pmf(logits, mapping, len(codes)))
+        indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
         known[0] |= group
     return indices[0]

@@ -1,7 +1,13 @@
-"""The `vq` family's transforms: a VQGAN-style autoencoder with 16x downsampling.
+"""The `vq` family's transforms: a VQGAN-style autoencoder with 16x downsampling, and the patch
+discriminator that trains it.
 
-x: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> index map (B, H/16, W/16) -> x_hat.
-GroupNorm residual blocks, as in VQGAN; the quantizer is codec.quantizers.vq.VectorQuantizer.
+x: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> index maps (B, H/16, W/16), one per residual
+stage -> x_hat. GroupNorm residual blocks, as in VQGAN. The first and last 2x of the resolution are
+a pixel (un)shuffle, so no convolution runs at full resolution: that is most of the cost of a step.
+
+Variable rate: `levels` holds smaller codebooks clustered from the main one (K = 8 ... K_main / 2,
+each fine-tuned with the transforms frozen) and, for each, the map from a main-codebook index to its
+cluster, which the entropy model uses to marginalise its predictions onto the smaller codebook.
 """
 from __future__ import annotations
 
@@ -12,44 +18,112 @@ from codec.quantizers.vq import VectorQuantizer
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, c: int):
         super().__init__()
-        self.body = nn.Sequential(nn.GroupNorm(32, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-                                  nn.GroupNorm(32, cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.body = nn.Sequential(nn.GroupNorm(32, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1),
+                                  nn.GroupNorm(32, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.body(x)
+        return x + self.body(x)
 
 
 class VQAutoencoder(nn.Module):
-    def __init__(self, channels: tuple[int, ...] = (64, 96, 128, 160, 192), dim: int = 192,
-                 codebook_size: int = 8192, code_dim: int = 16):
+    def __init__(self, channels: tuple[int, ...] = (64, 128, 160, 160), dim: int = 192, codebook_size: int = 8192,
+                 code_dim: int = 16, residual_sizes: tuple[int, ...] = (4096,), decoder_blocks: int = 2):
         super().__init__()
-        c = list(channels)
-        enc: list[nn.Module] = [nn.Conv2d(3, c[0], 3, padding=1)]
-        for a, b in zip(c[:-1], c[1:]):  # four stride-2 stages: 16x
-            enc += [ResBlock(a, b), nn.Conv2d(b, b, 4, stride=2, padding=1)]
-        enc += [ResBlock(c[-1], c[-1]), nn.GroupNorm(32, c[-1]), nn.SiLU(), nn.Conv2d(c[-1], dim, 1)]
+        c = list(channels)  # widths at 1/2, 1/4, 1/8, 1/16 of the resolution
+        enc: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(12, c[0], 3, padding=1)]
+        for a, b in zip(c[:-1], c[1:]):
+            enc += [ResBlock(a), nn.Conv2d(a, b, 3, stride=2, padding=1)]
+        enc += [ResBlock(c[-1]), nn.GroupNorm(32, c[-1]), nn.SiLU(), nn.Conv2d(c[-1], dim, 1)]
         self.g_a = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(dim, c[-1], 3, padding=1), ResBlock(c[-1], c[-1])]
+        dec: list[nn.Module] = [nn.Conv2d(dim, c[-1], 3, padding=1), ResBlock(c[-1])]
         for a, b in zip(c[::-1][:-1], c[::-1][1:]):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, a, 3, padding=1), ResBlock(a, b)]
-        dec += [nn.GroupNorm(32, c[0]), nn.SiLU(), nn.Conv2d(c[0], 3, 3, padding=1)]
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)]
+            dec += [ResBlock(b) for _ in range(decoder_blocks)]
+        dec += [nn.GroupNorm(32, c[0]), nn.SiLU(), nn.Conv2d(c[0], 12, 3, padding=1), nn.PixelShuffle(2)]
         self.g_s = nn.Sequential(*dec)
-        self.quantizer = VectorQuantizer(dim, codebook_size, code_dim)
+        self.quantizer = VectorQuantizer(dim, codebook_size, code_dim, tuple(residual_sizes))
 
     def forward(self, x: torch.Tensor) -> dict:
-        """Training path -> {"x_hat", "indices", "vq_loss"}."""
+        """Training path -> {"x_hat", "indices" (stage 1), "vq_loss"}."""
         z_q, indices, vq_loss = self.quantizer(self.g_a(x))
         return {"x_hat": self.g_s(z_q), "indices": indices, "vq_loss": vq_loss}
 
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor) -> torch.Tensor:
-        """x -> index map (B, H/16, W/16)."""
-        return self.quantizer.indices(self.g_a(x))
+    def analyse(self, x: torch.Tensor, depth: int = 1, codes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """x -> index maps (B, H/16, W/16), one per stage; codes: a clustered main codebook."""
+        return self.quantizer.indices(self.g_a(x), depth, codes)
 
     @torch.no_grad()
-    def synthesise(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.g_s(self.quantizer.lookup(indices)).clamp(0, 1)
+    def synthesise(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.g_s(self.quantizer.lookup(maps, codes)).clamp(0, 1)
 
+
+class ClusteredCodebooks(nn.Module):
+    """Buffers `codes_K` (K, code_dim) and `mapping_K` (K_main,) for each clustered size K."""
+
+    def __init__(self, sizes: tuple[int, ...], code_dim: int, main_size: int):
+        super().__init__()
+        self.sizes = tuple(sizes)
+        for k in self.sizes:
+            self.register_buffer(f"codes_{k}", torch.zeros(k, code_dim))
+            self.register_buffer(f"mapping_{k}", torch.zeros(main_size, dtype=torch.int32))
+
+    def get(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"codes_{k}"), getattr(self, f"mapping_{k}").long()
+
+    def set(self, k: int, codes: torch.Tensor, mapping: torch.Tensor) -> None:
+        getattr(self, f"codes_{k}").copy_(codes)
+        getattr(self, f"mapping_{k}").copy_(mapping)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: one real/fake logit per ~70x70 patch. Used in training only; never shipped."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.GroupNorm(32, 2 * w), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.GroupNorm(32, 4 * w), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * w, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 2 - 1)
+
+
+class VQCodec(nn.Module):
+    """What a vq weights file holds: the autoencoder, its clustered codebooks, the index prior, and
+    the frequencies with which residual stages code their indices."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        from codec.entropy.transformer import IndexPrior
+        k, d = config["codebook_size"], config["code_dim"]
+        self.autoencoder = VQAutoencoder(tuple(config["channels"]), config["dim"], k, d,
+                                         tuple(config["residual_sizes"]), config["decoder_blocks"])
+        self.levels = ClusteredCodebooks(tuple(config["level_sizes"]), d, k)
+        self.prior = IndexPrior(k, d, config["prior_dim"], config["prior_depth"], config["prior_heads"],
+                                config["head_rank"])
+        for i, size in enumerate(config["residual_sizes"]):
+            self.register_buffer(f"residual_counts_{i + 1}", torch.ones(size))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Every codebook size this model codes with, smallest first."""
+        return (*self.levels.sizes, self.autoencoder.quantizer.codebook_size)
+
+    def codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Size K -> (codes (K, code_dim), mapping from main-codebook index to this codebook's)."""
+        main = self.autoencoder.quantizer
+        if k == main.codebook_size:
+            return main.codes(), torch.arange(k, device=main.codes().device)
+        if k not in self.levels.sizes:
+            raise ValueError(f"no codebook of {k} codes (this model has {', '.join(map(str, self.sizes))})")
+        return self.levels.get(k)
+
+    def residual_pmf(self, stage: int) -> torch.Tensor:
+        counts = getattr(self, f"residual_counts_{stage}").double()
+        return counts / counts.sum()
