@@ -121,6 +121,8 @@ def _encode_vq(net, x: torch.Tensor, header: Header, quality: float, codebook: i
         return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))
 
     if budget is not None:
+        if codebook is not None or depth is not None:
+            raise ValueError("give a rate target (bpp or size) or a codebook and depth, not both")
         return search_point(at, len(points), budget)
     if codebook is None and depth is None:
         return at(round(_check_quality(quality) / 100 * (len(points) - 1)))

@@ -362,7 +362,8 @@ def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, yli
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     for name, c in curves.items():
         r = c["results"]
-        style = {"color": "black", "lw": 2.5, "zorder": 5} if name in ("hp", "vq") else {"lw": 1.2}
+        ours = {"hp": "black", "vq": "crimson"}
+        style = {"color": ours[name], "lw": 2.5, "zorder": 5} if name in ours else {"lw": 1.2}
         ax.plot(r["bpp"], r[metric], "o-", ms=4, label=f"{name} (measured)", **style)
     for name, c in anchors.items():
         if name in curves or name not in ("bpg444", "vtm", "jpeg444", "webp", "avif444", "jxl", "heif444"):

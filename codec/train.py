@@ -98,6 +98,17 @@ class TrainLog:
         self.file.close()
 
 
+def prepare_run(out: Path, ckpt: Path) -> str:
+    """The device a training call runs on, with TF32 and cuDNN autotuning on; output folders made."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    return dev
+
+
 def scheduled_lr(lr: float, lr_final: float | None, decay_fraction: float, elapsed: float, budget: float) -> float:
     """Constant, then (with lr_final) linear decay over the last decay_fraction of the time budget."""
     if lr_final is None:
@@ -162,13 +173,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     start = time.time()
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.ckpt.mkdir(parents=True, exist_ok=True)
-
+    dev = prepare_run(args.out, args.ckpt)
     data = load_dataset(args.data, args.workers)
     # Every 50th image is held out for the end-of-call validation.
     held = np.zeros(len(data), bool)

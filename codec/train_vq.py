@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from codec import zoo
 from codec.quantizers.cluster import cluster_codebook
-from codec.train import TrainLog, load_dataset, random_batch, scheduled_lr
+from codec.train import TrainLog, load_dataset, prepare_run, random_batch, scheduled_lr
 
 DEFAULTS = {"family": "vq", "model_id": "vq", "channels": [64, 128, 160, 160], "dim": 192, "codebook_size": 8192,
             "code_dim": 16, "residual_sizes": [4096], "decoder_blocks": 2,
@@ -236,12 +236,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     start = time.time()
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.ckpt.mkdir(parents=True, exist_ok=True)
+    dev = prepare_run(args.out, args.ckpt)
     images = torch.from_numpy(load_dataset(args.data, args.workers)).to(dev)
 
     meta = dict(DEFAULTS, **(SMALL if args.small else {}))

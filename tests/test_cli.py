@@ -104,7 +104,9 @@ def test_bad_image_input_to_encode_gives_exit_1_and_no_output(tmp_path, capsys, 
 
 @pytest.mark.parametrize("argv", [["encode", str(SAMPLE), "x.bin", "--quality", "150"],
                                   ["encode", str(SAMPLE)], ["frobnicate"], ["decode", "a.bin", "b.xyz"],
-                                  ["encode", str(SAMPLE), "-", "--json"], ["encode", str(SAMPLE), "x.bin", "--bpp", "0"]])
+                                  ["encode", str(SAMPLE), "-", "--json"], ["encode", str(SAMPLE), "x.bin", "--bpp", "0"],
+                                  ["encode", str(SAMPLE), "x.bin", "--model", "vq", "--codebook", "100"],
+                                  ["encode", str(SAMPLE), "x.bin", "--codebook", "64"]])
 def test_bad_usage_gives_exit_2(tmp_path, capsys, argv, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)
@@ -140,3 +142,12 @@ def test_decode_conceal_survives_a_corrupt_latent_packet(tmp_path, capsys, good_
     assert run(capsys, "decode", tmp_path / "hurt.bin", tmp_path / "a.png")[0] == 1
     code, _, _ = run(capsys, "decode", tmp_path / "hurt.bin", tmp_path / "b.png", "--conceal")
     assert code == 0 and (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_vq_encode_reports_its_operating_point_and_decodes(tmp_path, capsys):
+    code, out, _ = run(capsys, "encode", SAMPLE, tmp_path / "v.bin", "--model", "vq", "--codebook", "64", "--json")
+    report = json.loads(out)
+    assert code == 0 and (report["codebook"], report["depth"]) == (64, 1) and report["bpp"] < 0.05
+    code, out, _ = run(capsys, "info", tmp_path / "v.bin", "--json")
+    assert code == 0 and json.loads(out)["family"] == "vq"
+    assert run(capsys, "decode", tmp_path / "v.bin", tmp_path / "v.png")[0] == 0

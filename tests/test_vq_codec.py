@@ -75,6 +75,8 @@ def test_unknown_codebook_or_depth_is_a_value_error_naming_the_choices(sample_rg
         codec.encode(sample_rgb, model="vq", codebook=100)
     with pytest.raises(ValueError, match="depth 2"):
         codec.encode(sample_rgb, model="vq", codebook=16, depth=2)
+    with pytest.raises(ValueError, match="not both"):
+        codec.encode(sample_rgb, model="vq", bpp=0.05, codebook=64)
     with pytest.raises(ValueError, match="vq model only"):
         codec.encode(sample_rgb, model="hp", codebook=16)
 

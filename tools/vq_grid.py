@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bitstream  # noqa: E402
 from codec import api  # noqa: E402
 from codec.io import load_image  # noqa: E402
 from codec.metrics import bpp, ms_ssim, psnr  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> None:
             return f"{label}\n{bpp(len(data), w, h):.4f} bpp, {psnr(rgb, out):.1f} dB, MS-SSIM {ms_ssim(rgb, out):.3f}"
 
         data = api.encode(rgb, model="vq", bpp=args.bpp)
-        header = api.bitstream.read(data).header
+        header = bitstream.read(data).header
         out = api.decode_rgb(data)
         tiles = [tile(rgb, args.crop, f"{name}\noriginal"),
                  tile(out, args.crop, caption(f"vq K={header.codebook}", data, out))]
