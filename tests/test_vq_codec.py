@@ -120,3 +120,16 @@ def test_vq_cuda_round_trip_is_lossless_on_the_same_device(sample_rgb):
     assert data == codec.encode(sample_rgb, model="vq", quality=80, device="cuda")
     out = api.decode_rgb(data, device="cuda")
     assert np.array_equal(out, api.decode_rgb(data, device="cuda")) and psnr(sample_rgb, out) > 12
+
+
+def test_prior_bits_tool_recovers_the_exact_index_payload_from_a_file_size(sample_rgb):
+    import importlib.util
+    from tests.conftest import ROOT
+    spec = importlib.util.spec_from_file_location("vq_prior_bits", ROOT / "tools" / "vq_prior_bits.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for k in (8, 8192):
+        data = codec.encode(sample_rgb, model="vq", codebook=k)
+        container = bitstream.read(data)
+        assert tool.payload_bytes(len(data), 256, 256, container.header.quality, k, 256) == \
+            len(container.packets[0].payload)

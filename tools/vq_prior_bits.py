@@ -24,10 +24,11 @@ from bitstream import Container, Header, Packet, PacketKind  # noqa: E402
 from codec import api, zoo  # noqa: E402
 
 
-def payload_bytes(total: int, width: int, height: int, k: int, count: int) -> int:
-    """The index payload length of a one-packet vq file of `total` bytes."""
+def payload_bytes(total: int, width: int, height: int, quality: float, k: int, count: int) -> int:
+    """The index payload length of a one-packet vq file of `total` bytes (the header's varints
+    depend on its fields, so they are the file's own)."""
     header = Header(family="vq", model_id="vq", weights_hash=b"\0" * 4, width=width, height=height,
-                    quality=100.0, codebook=k, depth=1)
+                    quality=quality, codebook=k, depth=1)
     length = total
     for _ in range(8):  # the framing's varints depend on the length: settle in a few steps
         size = len(bitstream.write(Container(header, [Packet(PacketKind.INDICES, 0, count, b"\0" * length)])))
@@ -48,12 +49,13 @@ def main() -> None:
     for r in csv.DictReader(open(args.csv)):
         if r["codec"] != "vq":
             continue
-        k, depth = points[round(float(r["quality"]) / 100 * (len(points) - 1))]
+        quality = float(r["quality"])
+        k, depth = points[round(quality / 100 * (len(points) - 1))]
         if depth != 1:
             continue
         w, h = Image.open(args.dataset / r["image"]).size
         count = -(-w // api.VQ_PAD) * -(-h // api.VQ_PAD)
-        bits = 8 * payload_bytes(int(r["bytes"]), w, h, k, count) / count
+        bits = 8 * payload_bytes(int(r["bytes"]), w, h, quality, k, count) / count
         by_k.setdefault(k, []).append((bits, float(r["bpp"])))
     print("| K | images | prior bits/index | uniform log2 K | saving | mean bpp |")
     print("|---|---|---|---|---|---|")
