@@ -76,7 +76,8 @@ def test_a_trained_prior_codes_structured_maps_well_below_uniform():
     bits = np.mean([len(transformer.encode(prior, m, codes, identity)) * 8 / m.numel() for m in maps])
     assert all(torch.equal(transformer.decode(prior, transformer.encode(prior, m, codes, identity), 8, 8, codes,
                                               identity), m) for m in maps[:2])
-    # Each row's index is new information once (in the first group that touches the row):
-    # 8 x log2(16) bits over 64 indices = 0.5 bit an index is the floor; uniform coding is 4.
-    # Measured: 2.1 (the depthwise positional convolution tells neighbours apart only roughly).
-    assert bits < 2.5, bits
+    # Positions of one group are coded in parallel and cannot see each other: in groups (0, 0) and
+    # (1, 0) every position is new information (log2 16 = 4 bits), in groups (0, 1) and (1, 1) a
+    # known neighbour in the row gives it away. The floor is 2 bits an index; uniform coding is 4.
+    # (Measured: 2.09.)
+    assert bits < 2.3, bits
