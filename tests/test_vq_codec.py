@@ -29,6 +29,7 @@ def test_decoding_reproduces_the_synthesis_of_the_encoders_indices(vq, sample_rg
     net, _ = vq
     for k, depth in [(16, 1), (8192, 2)]:
         data = codec.encode(sample_rgb, model="vq", codebook=k, depth=depth)
+        assert data == codec.encode(sample_rgb, model="vq", codebook=k, depth=depth)  # deterministic
         codes, _ = net.codebook(k)
         x = api.to_tensor(sample_rgb, "cpu", api.VQ_PAD)
         maps = net.autoencoder.analyse(x, depth, codes)
