@@ -73,6 +73,11 @@ def vq_points(net) -> list[tuple[int, int]]:
     return [(k, 1) for k in net.sizes] + [(main.codebook_size, d) for d in range(2, main.max_depth + 1)]
 
 
+def vq_point_index(points: list, quality: float) -> int:
+    """quality 0..100 -> index of the vq operating point it selects (evenly spaced over the points)."""
+    return round(quality / 100 * (len(points) - 1))
+
+
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
            codebook: int | None = None, depth: int | None = None, device: str = "cpu") -> bytes:
     """Compress an image to the bytes of a .bin file.
@@ -125,7 +130,7 @@ def _encode_vq(net, x: torch.Tensor, header: Header, quality: float, codebook: i
             raise ValueError("give a rate target (bpp or size) or a codebook and depth, not both")
         return search_point(at, len(points), budget)
     if codebook is None and depth is None:
-        return at(round(_check_quality(quality) / 100 * (len(points) - 1)))
+        return at(vq_point_index(points, _check_quality(quality)))
     point = (codebook or net.autoencoder.quantizer.codebook_size, depth or 1)
     if point not in points:
         raise ValueError(f"no operating point with codebook {point[0]} and depth {point[1]} (this model has: "

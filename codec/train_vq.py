@@ -56,8 +56,7 @@ class Distortion:
     def __call__(self, x_hat: torch.Tensor, x: torch.Tensor) -> dict:
         x_hat = x_hat.float()
         mse = (x_hat - x).pow(2).mean()
-        out = {"mse": mse, "psnr": -10 * torch.log10(mse.detach())}
-        out["loss"] = mse
+        out = {"loss": mse, "psnr": -10 * torch.log10(mse.detach())}
         if self.weight:
             with torch.autocast(x.device.type, enabled=False):
                 out["ms_ssim"] = self.ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0)
@@ -137,8 +136,9 @@ def train_cluster(model, images, args, step, gen, log, budget, extra) -> int:
     distortion = Distortion(args.msssim_weight, args.crop)
     sizes = model.levels.sizes
     per_size = budget * 0.9 / len(sizes)
+    stage_start = time.time()
     for k in sizes:
-        small, mapping = cluster_codebook(q.codes().detach(), k)
+        small, _ = cluster_codebook(q.codes().detach(), k)
         weight = torch.nn.Parameter(small.clone())
         opt = torch.optim.Adam([weight], lr=args.cluster_lr)
         t0 = time.time()
@@ -149,19 +149,18 @@ def train_cluster(model, images, args, step, gen, log, budget, extra) -> int:
                     z = ae.g_a(x)
                     e = q.project(z)
                 codes = F.normalize(weight, dim=-1)
-                idx = (e @ codes.T.detach()).argmax(1)
-                qv = codes[idx]
+                idx = q.stages[0].nearest(e, codes.detach())
                 b, _, h, w = z.shape
-                x_hat = ae.g_s(q.project_out(qv.view(b, h, w, -1).permute(0, 3, 1, 2).to(z.dtype)))
+                x_hat = ae.g_s(q.lookup([idx.view(b, h, w)], codes))
                 d = distortion(x_hat, x)
-                loss = d["loss"] + F.mse_loss(qv, e)
+                loss = d["loss"] + F.mse_loss(codes[idx], e)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             log.add(**{f"psnr_{k}": d["psnr"], **({f"ms_ssim_{k}": d["ms_ssim"]} if "ms_ssim" in d else {})})
             if step % args.log_every == 0:
-                log.write(step, args.gpu_seconds + args.elapsed(), args.cluster_lr)
+                log.write(step, args.gpu_seconds + time.time() - stage_start, args.cluster_lr)
         codes = F.normalize(weight.detach(), dim=-1)
         model.levels.set(k, codes, marginal_mapping(q.codes().detach(), codes))
         print(f"codebook {k}: fine-tuned {time.time() - t0:.0f}s", flush=True)
@@ -264,7 +263,7 @@ def main(argv=None) -> None:
     gen.manual_seed(4321 + sum(step.values()))
     budget = args.minutes * 60 - (time.time() - start)
     t0 = time.time()
-    args.gpu_seconds, args.elapsed = gpu_seconds, lambda: time.time() - t0
+    args.gpu_seconds = gpu_seconds
     step[args.stage] = STAGES[args.stage](model, images, args, step[args.stage], gen, log, budget, extra)
     if dev == "cuda":  # a CPU smoke run must not count as GPU training
         gpu_seconds += time.time() - t0

@@ -50,7 +50,7 @@ def main() -> None:
         if r["codec"] != "vq":
             continue
         quality = float(r["quality"])
-        k, depth = points[round(quality / 100 * (len(points) - 1))]
+        k, depth = points[api.vq_point_index(points, quality)]
         if depth != 1:
             continue
         w, h = Image.open(args.dataset / r["image"]).size

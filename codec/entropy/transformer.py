@@ -90,6 +90,11 @@ class IndexPrior(nn.Module):
         return p.cpu().numpy()
 
 
+def _cdf_rows(prior: IndexPrior, logits: torch.Tensor, mapping: torch.Tensor, k: int) -> np.ndarray:
+    from bitstream import coder  # here, not at the top: training (on a machine without the C++ build) never codes
+    return coder.pmf_to_cdf(prior.pmf(logits, mapping, k))
+
+
 def _spread(r: int, s: int) -> int:
     """Rank of tile row/column r when even ones come first: 0, 2, 4, ..., 1, 3, ..."""
     return r // 2 if r % 2 == 0 else (s + 1) // 2 + r // 2
@@ -98,13 +103,13 @@ def _spread(r: int, s: int) -> int:
 @torch.no_grad()
 def encode(prior: IndexPrior, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
     """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group."""
-    from bitstream import coder  # here, not at the top: training (on a machine without the C++ build) never codes
+    from bitstream import coder
     indices = indices[None]
     known = torch.zeros_like(indices, dtype=torch.bool)
     enc = coder.Encoder()
     for group in prior.groups(*indices.shape[1:], device=indices.device):
         logits = prior(indices, known, codes, group[None])
-        enc.encode_rows(indices[0][group].cpu().numpy(), coder.pmf_to_cdf(prior.pmf(logits, mapping, len(codes))))
+        enc.encode_rows(indices[0][group].cpu().numpy(), _cdf_rows(prior, logits, mapping, len(codes)))
         known[0] |= group
     return enc.finish()
 
@@ -119,7 +124,7 @@ def decode(prior: IndexPrior, data: bytes, h: int, w: int, codes: torch.Tensor, 
     dec = coder.Decoder(data)
     for group in prior.groups(h, w, device=device):
         logits = prior(indices, known, codes, group[None])
-        rows = coder.pmf_to_cdf(prior.pmf(logits, mapping, len(codes)))
+        rows = _cdf_rows(prior, logits, mapping, len(codes))
         indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
         known[0] |= group
     return indices[0]

@@ -119,7 +119,8 @@ class VQCodec(nn.Module):
         """Size K -> (codes (K, code_dim), mapping from main-codebook index to this codebook's)."""
         main = self.autoencoder.quantizer
         if k == main.codebook_size:
-            return main.codes(), torch.arange(k, device=main.codes().device)
+            codes = main.codes()
+            return codes, torch.arange(k, device=codes.device)
         if k not in self.levels.sizes:
             raise ValueError(f"no codebook of {k} codes (this model has {', '.join(map(str, self.sizes))})")
         return self.levels.get(k)

@@ -97,23 +97,23 @@ class VectorQuantizer(nn.Module):
         """z: (B, dim, H, W) -> one (B, H, W) int64 index map per stage, `depth` stages.
         codes: a replacement for the main codebook (a clustered one)."""
         b, _, h, w = z.shape
+        maps = []
         with torch.autocast(z.device.type, enabled=False):  # nearest codes in float32, also in training
-            return self._indices(self.project(z.float()), depth, codes, (b, h, w))
-
-    def _indices(self, e, depth, codes, shape) -> list[torch.Tensor]:
-        b, h, w = shape
-        maps, residual = [], e
-        for i, stage in enumerate(self.stages[:depth]):
-            table = codes if (i == 0 and codes is not None) else stage.vectors()
-            idx = stage.nearest(residual, table)
-            residual = residual - table[idx]
-            maps.append(idx.view(b, h, w))
+            residual = self.project(z.float())
+            for i in range(depth):
+                table = self._table(i, codes)
+                idx = self.stages[i].nearest(residual, table)
+                residual = residual - table[idx]
+                maps.append(idx.view(b, h, w))
         return maps
+
+    def _table(self, stage: int, codes: torch.Tensor | None) -> torch.Tensor:
+        """The code vectors of a stage; `codes` replaces the main codebook's when given."""
+        return codes if (stage == 0 and codes is not None) else self.stages[stage].vectors()
 
     def lookup(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None) -> torch.Tensor:
         """Index maps (stage 1 first) -> (B, dim, H, W), what the decoder is given."""
-        q = sum((codes if (i == 0 and codes is not None) else stage.vectors())[idx]
-                for i, (stage, idx) in enumerate(zip(self.stages, maps)))
+        q = sum(self._table(i, codes)[idx] for i, idx in enumerate(maps))
         return self.project_out(q.permute(0, 3, 1, 2))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,22 +127,22 @@ class VectorQuantizer(nn.Module):
         e = self.project(z)
         if self.training and not bool(self.initialised):
             self._initialise(e.detach())
-        q, residual, loss, first = torch.zeros_like(e), e, e.new_zeros(()), None
-        # Quantizer dropout: per position, the depth used is all stages or only the first.
-        full = (torch.rand(e.shape[0], 1, device=e.device) >= self.residual_dropout) if self.training else None
-        for i, stage in enumerate(self.stages):
+        residual, loss, quantized = e, e.new_zeros(()), []
+        for stage in self.stages:
             codes = stage.vectors()
             idx = stage.nearest(residual.detach(), codes)
             qi = codes[idx]
             loss = loss + F.mse_loss(qi, residual.detach()) + self.commitment * F.mse_loss(residual, qi.detach())
             if self.training:
                 stage.track_usage(idx, residual.detach())
-            if i == 0:
-                first = idx
-                q = qi
-            else:
-                q = q + (qi if full is None else qi * full)
+            quantized.append((idx, qi))
             residual = residual - qi.detach()
+        first, q = quantized[0]
+        if len(quantized) > 1:
+            rest = sum(qi for _, qi in quantized[1:])
+            if self.training:  # quantizer dropout: per position, all stages or only the first
+                rest = rest * (torch.rand(e.shape[0], 1, device=e.device) >= self.residual_dropout)
+            q = q + rest
         q_st = e + (q - e).detach()
         z_q = self.project_out(q_st.view(b, h, w, self.code_dim).permute(0, 3, 1, 2))
         return z_q, first.view(b, h, w), loss
