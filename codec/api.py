@@ -66,11 +66,20 @@ def to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).cpu().numpy()
 
 
-def vq_points(net) -> list[tuple[int, int]]:
-    """The vq model's operating points (codebook size K, depth D), in increasing rate: every
-    codebook at depth 1, then the main codebook with each further residual stage."""
-    main = net.autoencoder.quantizer
-    return [(k, 1) for k in net.sizes] + [(main.codebook_size, d) for d in range(2, main.max_depth + 1)]
+def vq_points(meta: dict) -> list[tuple[int, int]]:
+    """A vq model's operating points (codebook size K, depth D) from its metadata, in increasing
+    rate: every codebook at depth 1, then the main codebook with each further residual stage."""
+    main = meta["codebook_size"]
+    return ([(k, 1) for k in (*meta["level_sizes"], main)]
+            + [(main, d) for d in range(2, len(meta["residual_sizes"]) + 2)])
+
+
+def model_qualities(model: str) -> list[float]:
+    """The qualities at which a shipped model's operating points lie: one per trained rate level (hp)
+    or per (codebook, depth) point (vq), evenly spaced over 0..100. A sweep measures these."""
+    meta = zoo.read_meta(zoo.WEIGHTS_DIR / zoo.MODELS[zoo.DEFAULT_MODEL.get(model, model)])
+    n = len(meta["lambdas"]) if meta["family"] == "hp" else len(vq_points(meta))
+    return [round(100 * i / (n - 1), 2) for i in range(n)]
 
 
 def vq_point_index(points: list, quality: float) -> int:
@@ -99,7 +108,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     bitstream.container.header_bytes(header)  # validates the size before any model work
     budget = budget_bytes(bpp, size, w, h)
     if meta["family"] == "vq":
-        return _encode_vq(net, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget)
+        return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget)
     x = to_tensor(rgb, device)
     with torch.no_grad():
         features = net.g_a(x)  # the same at every quality: computed once for a rate search
@@ -112,9 +121,9 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     return at(quality) if budget is None else search_quality(at, budget)
 
 
-def _encode_vq(net, x: torch.Tensor, header: Header, quality: float, codebook: int | None, depth: int | None,
+def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float, codebook: int | None, depth: int | None,
                budget: float | None) -> bytes:
-    points = vq_points(net)
+    points = vq_points(meta)
     with torch.no_grad():
         features = net.autoencoder.g_a(x)
 
@@ -206,15 +215,15 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.nd
         raise BitstreamError(f"this file was made with other weights for model {header.model_id!r} "
                              f"({header.weights_hash.hex()} here {whash.hex()})")
     if header.family == "vq":
-        return _decode_vq(net, container, header, device)
+        return _decode_vq(net, meta, container, header, device)
     hp, wp = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
     level = level_of(net, header.quality).to(device)
     y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level, conceal=conceal)
     return to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
 
 
-def _decode_vq(net, container: Container, header: Header, device: str) -> np.ndarray:
-    if (header.codebook, header.depth) not in vq_points(net):
+def _decode_vq(net, meta: dict, container: Container, header: Header, device: str) -> np.ndarray:
+    if (header.codebook, header.depth) not in vq_points(meta):
         raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
                              f"which model {header.model_id!r} does not have")
     hw = (-(-header.height // VQ_PAD), -(-header.width // VQ_PAD))

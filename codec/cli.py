@@ -196,7 +196,7 @@ def build_parser() -> Parser:
                       "the highest quality that fits is searched")
     rate.add_argument("--size", type=_positive(int), help="target file size in bytes, searched like --bpp")
     e.add_argument("--codebook", type=_positive(int), metavar="K",
-                   help="vq: codebook size (8, 16, ..., 8192); overrides --quality")
+                   help="vq: codebook size (2, 4, ..., 8192); overrides --quality")
     e.add_argument("--depth", type=_positive(int), metavar="D",
                    help="vq: quantizer stages (residual VQ adds rate; with the full codebook only)")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")

@@ -3,7 +3,7 @@
 Measured as ../shared/anchors/README.md says: bpp = 8 x whole file bytes / pixels, PSNR-RGB and
 MS-SSIM (pytorch_msssim, data_range 255) and HaarPSI (piq) on the 8-bit RGB output, wall times per
 image. Writes, in --out: per_image.csv (one row per codec, quality and image; the sweep resumes from
-it), <codec>.json in CompressAI's results layout, bdrate.md, rd.png and rd-msssim.png, and with vq
+it, measuring again a model whose weights changed, as versions.json tells), <codec>.json in CompressAI's results layout, bdrate.md, rd.png and rd-msssim.png, and with vq
 rd-lowrate.png (the extreme low rates).
 
 External programs are found on PATH or through environment variables (BPGENC/BPGDEC, CJXL/DJXL,
@@ -43,9 +43,13 @@ Coder = Callable[[np.ndarray, float], tuple[bytes, np.ndarray, float, float]]
 
 @dataclass
 class CodecSpec:
-    qualities: list[float]
+    qualities: list[float] | Callable[[], list[float]]  # a callable is asked only when a sweep runs it
     coder: Coder
     tools: tuple[tuple[str, str], ...] = ()  # (environment variable, default program name)
+    version: Callable[[], str] | None = None  # what the rows depend on (our models: the weights' hash)
+
+    def default_qualities(self) -> list[float]:
+        return self.qualities() if callable(self.qualities) else self.qualities
 
     def missing(self) -> list[str]:
         """Programs (or files) this codec needs that are not found, each with the variable that names it."""
@@ -61,6 +65,20 @@ def _timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def _model_qualities(model: str) -> Callable[[], list[float]]:
+    def qualities() -> list[float]:
+        from codec import api  # torch and the weights only for a sweep that runs our models
+        return api.model_qualities(model)
+    return qualities
+
+
+def _weights_version(model: str) -> Callable[[], str]:
+    def version() -> str:
+        from codec import zoo
+        return zoo.weights_hash(zoo.WEIGHTS_DIR / zoo.MODELS[model]).hex()
+    return version
 
 
 def _learned(model: str) -> Coder:
@@ -173,9 +191,9 @@ def _heif(chroma: str) -> Coder:
 HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
 
 CODECS: dict[str, CodecSpec] = {
-    "hp": CodecSpec([0, 12.5, 25, 37.5, 50, 62.5, 75, 87.5, 100], _learned("hp")),
-    # One quality per operating point of the shipped vq model (codec.api.vq_points): K = 8 ... 8192, then depth 2.
-    "vq": CodecSpec([round(100 * i / 11, 2) for i in range(12)], _learned("vq")),
+    # Our models: one quality per operating point of the shipped weights (codec.api.model_qualities).
+    "hp": CodecSpec(_model_qualities("hp"), _learned("hp"), version=_weights_version("hp")),
+    "vq": CodecSpec(_model_qualities("vq"), _learned("vq"), version=_weights_version("vq")),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
     "jpeg420": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG")),
     "webp": CodecSpec(list(range(5, 100, 5)), _pillow("WEBP")),
@@ -233,6 +251,16 @@ def summarise(rows: list[dict], name: str) -> dict:
     return {"name": name, "description": f"codec sweep {name}", "results": results}
 
 
+def _stale_codecs(path: Path, names: list[str]) -> list[str]:
+    """Codecs among `names` whose version (CodecSpec.version) differs from the one recorded in `path`;
+    today's versions are recorded. A codec with no recorded version is taken as unchanged."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    current = {n: CODECS[n].version() for n in names if CODECS[n].version}
+    stale = [n for n, v in current.items() if recorded.get(n, v) != v]
+    path.write_text(json.dumps({**recorded, **current}, indent=1, sort_keys=True))
+    return stale
+
+
 def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | None = None, jobs: int = 1) -> None:
     images = find_images(dataset)
     if not images:
@@ -241,6 +269,7 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
     csv_path = out / "per_image.csv"
     done_keys = set()
     rows: list[dict] = []
+    stale = _stale_codecs(out / "versions.json", names)
     if csv_path.exists():
         with open(csv_path) as f:
             reader = csv.DictReader(f)
@@ -248,7 +277,11 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
                 r["quality"] = float(r["quality"])
                 rows.append(r)
                 done_keys.add((r["codec"], r["quality"], r["image"]))
-        if reader.fieldnames != CSV_FIELDS:  # written by an older sweep: rewrite with today's columns
+        if stale:  # rows of other weights than today's are measured again, not mixed in
+            print(f"sweep: {', '.join(stale)} changed since {csv_path} was written: measuring again", file=sys.stderr)
+            rows = [r for r in rows if r["codec"] not in stale]
+            done_keys = {k for k in done_keys if k[0] not in stale}
+        if reader.fieldnames != CSV_FIELDS or stale:  # rewrite with today's columns and rows
             with open(csv_path, "w", newline="") as f:
                 writer = csv.DictWriter(f, CSV_FIELDS, restval="")
                 writer.writeheader()
@@ -260,7 +293,7 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
             print(f"sweep: skipping {name}: not found: {', '.join(spec.missing())}", file=sys.stderr)
             continue
         runnable.append(name)
-    tasks = [(n, float(q), str(p)) for n in runnable for q in (qualities or CODECS[n].qualities) for p in images
+    tasks = [(n, float(q), str(p)) for n in runnable for q in (qualities or CODECS[n].default_qualities()) for p in images
              if (n, float(q), p.name) not in done_keys]
     total = len(tasks)
     print(f"sweep: {len(images)} images, codecs {', '.join(runnable)}: {total} encodes to run "

@@ -127,6 +127,21 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def transfer_gains(src, dst) -> None:
+    """Copy the per-level log-gains of `src` to `dst`, whose lambdas may differ: each of dst's levels
+    takes src's log-gains interpolated (extrapolated beyond its ends) linearly in log lambda, the
+    relation the gains start from (a quantizer step going as 1/sqrt(lambda))."""
+    src_l = torch.log(torch.tensor(src.lambdas, dtype=torch.float64))
+    for name in ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain"):
+        table = getattr(src, name).detach().double()
+        for i, lam in enumerate(dst.lambdas):
+            x = math.log(lam)
+            lo = int(torch.searchsorted(src_l, torch.tensor(x, dtype=torch.float64)).clamp(1, len(src_l) - 1)) - 1
+            t = (x - src_l[lo]) / (src_l[lo + 1] - src_l[lo])
+            getattr(dst, name)[i] = ((1 - t) * table[lo] + t * table[lo + 1]).to(getattr(dst, name).dtype)
+
+
+@torch.no_grad()
 def validate(model, images: torch.Tensor) -> list[dict]:
     """Rounded (not noisy) latents on held-out crops: estimated bpp and PSNR at each trained level."""
     model.eval()
@@ -202,7 +217,9 @@ def main(argv=None) -> None:
         # Parameters only: buffers (tables, bounds) are export products or constants of the fresh
         # model, and another architecture keeps the parameters it shares.
         params = dict(shipped.named_parameters())
-        model.load_state_dict({k: v for k, v in shipped.state_dict().items() if k in params}, strict=False)
+        model.load_state_dict({k: v for k, v in shipped.state_dict().items()
+                               if k in params and not k.startswith("log_")}, strict=False)
+        transfer_gains(shipped, model)
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
         print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
     for g in opt.param_groups:

@@ -6,7 +6,7 @@
 
 autoencoder: encoder, vector quantizer (main codebook + residual stages) and decoder, on
   MSE + w * (1 - MS-SSIM) + the quantizer loss, plus a hinge PatchGAN loss from --adv-start on.
-cluster: spherical k-means of the main codebook into K = 8, 16, ..., K_main / 2, each clustered
+cluster: spherical k-means of the main codebook into K = 2, 4, ..., K_main / 2, each clustered
   codebook fine-tuned on the reconstruction loss with the transforms frozen (Mao et al. 2023);
   then the residual stages' index frequencies, which code them.
 prior: the transformer entropy model over the frozen encoder's index maps, a codebook size drawn per
@@ -31,7 +31,7 @@ from codec.train import TrainLog, load_dataset, prepare_run, random_batch, sched
 
 DEFAULTS = {"family": "vq", "model_id": "vq", "channels": [64, 128, 160, 160], "dim": 192, "codebook_size": 8192,
             "code_dim": 16, "residual_sizes": [4096], "decoder_blocks": 2,
-            "level_sizes": [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+            "level_sizes": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
             "prior_dim": 192, "prior_depth": 4, "prior_heads": 6, "head_rank": 96}
 SMALL = {"channels": [32, 32, 32, 32], "dim": 32, "codebook_size": 64, "residual_sizes": [16], "decoder_blocks": 1,
          "level_sizes": [8, 16, 32], "prior_dim": 32, "prior_depth": 1, "prior_heads": 2, "head_rank": 16}
@@ -248,7 +248,10 @@ def main(argv=None) -> None:
         step, gpu_seconds, extra = state["steps"], state["gpu_seconds"], state["extra"]
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
-        model.load_state_dict(shipped.state_dict())
+        # Clustered codebooks of sizes the shipped file lacks stay empty until the cluster stage.
+        missing, unexpected = model.load_state_dict(shipped.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("levels.") for k in missing):
+            raise SystemExit(f"{args.init} does not match this model: missing {missing}, unexpected {unexpected}")
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
     stage = {"autoencoder": model.autoencoder, "cluster": model.levels, "prior": model.prior}[args.stage]
     print(f"{args.stage}: model {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "

@@ -19,8 +19,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # Model id -> weights file. The id is what a .bin header records.
 MODELS = {
-    "hp": "hp-gain-v1.safetensors",
-    "vq": "vq-v1.safetensors",
+    "hp": "hp-cb-v1.safetensors",
+    "vq": "vq-v2.safetensors",
 }
 DEFAULT_MODEL = {"hp": "hp", "vq": "vq"}
 
@@ -108,6 +108,17 @@ def load_file(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, d
     return model.to(device).eval(), meta
 
 
+def deterministic_kernels(device: str) -> None:
+    """Encoder and decoder must compute the entropy parameters bit for bit alike. On CUDA that
+    takes float32 (not TF32) arithmetic and deterministic cuDNN kernels: with the defaults, an
+    H200 decoded garbage from its own checkerboard-model files."""
+    if str(device).startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 @functools.lru_cache(maxsize=4)
 def load(model_id: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, bytes]:
     """model id -> (model in eval mode, its metadata, its 4-byte weights hash)."""
@@ -116,5 +127,6 @@ def load(model_id: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, byt
     path = WEIGHTS_DIR / MODELS[model_id]
     if not path.exists():
         raise ModelNotFound(f"weights for {model_id!r} are not installed ({path})")
+    deterministic_kernels(device)
     model, meta = load_file(path, device)
     return model, meta, weights_hash(path)

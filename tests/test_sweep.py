@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,6 +39,21 @@ def test_sweep_writes_csv_json_bdrate_and_plots_and_resumes(tmp_path, capsys):
     sweep.run(SAMPLES, ["jpeg444"], tmp_path, qualities=[20, 60, 90])
     assert "0 encodes to run" in capsys.readouterr().err
     assert len(list(csv.DictReader(open(tmp_path / "per_image.csv")))) == 6
+
+
+def test_a_codec_whose_version_changed_is_measured_again_not_mixed_in(tmp_path, capsys, monkeypatch):
+    """Our models' rows depend on the weights: new weights make a resumed sweep measure them again."""
+    version = {"now": "a"}
+    monkeypatch.setitem(sweep.CODECS, "jpeg444", replace(sweep.CODECS["jpeg444"], version=lambda: version["now"]))
+    sweep.run(SAMPLES, ["jpeg444"], tmp_path, qualities=[50])
+    sweep.run(SAMPLES, ["jpeg444"], tmp_path, qualities=[50])
+    assert "0 encodes to run" in capsys.readouterr().err
+    version["now"] = "b"
+    sweep.run(SAMPLES, ["jpeg444"], tmp_path, qualities=[50])
+    err = capsys.readouterr().err
+    assert "jpeg444 changed" in err and "2 encodes to run (0 already" in err
+    assert len(list(csv.DictReader(open(tmp_path / "per_image.csv")))) == 2
+    assert json.loads((tmp_path / "versions.json").read_text()) == {"jpeg444": "b"}
 
 
 def test_unknown_codec_names_are_refused():

@@ -27,3 +27,20 @@ def test_a_chunk_logs_exports_loadable_weights_and_the_next_chunk_resumes(tmp_pa
     assert int(second[-1]["step"]) > int(first[-1]["step"])  # appended, continuing the step count
     val = list(csv.reader(open(tmp_path / "out" / "val-log.csv")))
     assert len(val) == 2 * net.n_levels
+
+
+def test_init_from_weights_with_other_lambdas_carries_the_gains_over(tmp_path):
+    """Widening the rate range warm-starts each new level from the old log-gains, interpolated (or
+    extrapolated) linearly in log lambda; levels the two share keep their gains exactly."""
+    torch.manual_seed(0)
+    _run(tmp_path / "a", "--lambdas", "0.001", "0.01")
+    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    _run(tmp_path / "b", "--lambdas", "0.0001", "0.001", "0.00316227766", "0.01", "--minutes", "0.01",
+         "--lr", "0", "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    assert len(meta["lambdas"]) == 4
+    g_old, g_new = old.log_gain.detach(), new.log_gain.detach()
+    tol = dict(atol=2e-3, rtol=0)  # fp16 weights files
+    assert torch.allclose(g_new[1], g_old[0], **tol) and torch.allclose(g_new[3], g_old[1], **tol)
+    assert torch.allclose(g_new[2], (g_old[0] + g_old[1]) / 2, **tol)
+    assert torch.allclose(g_new[0], 2 * g_old[0] - g_old[1], **tol)

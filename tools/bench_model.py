@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quality", type=float, default=50)
     ap.add_argument("--vq", type=int, metavar="K", help="also time the vq model with codebook size K")
+    ap.add_argument("--hp-weights", type=Path, help="time these hp weights instead of the shipped ones")
     args = ap.parse_args()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -41,7 +42,8 @@ def main() -> None:
     dev = args.device
     peer = mbt2018_mean(quality=4, pretrained=False).to(dev).eval()
     peer.update(force=True)
-    net, _, _ = zoo.load("hp", dev)
+    zoo.deterministic_kernels(dev)  # as codec.api codes on a GPU, for the peer too
+    net = zoo.load_file(args.hp_weights, dev)[0] if args.hp_weights else zoo.load("hp", dev)[0]
     level = api.level_of(net, args.quality).to(dev)
     rows = {"hp (ours)": [0.0, 0.0], "mbt2018-mean (CompressAI)": [0.0, 0.0]}
     if args.vq:

@@ -43,8 +43,7 @@ def main() -> None:
     ap.add_argument("csv", type=Path, help="per_image.csv of a sweep that ran vq")
     ap.add_argument("--dataset", type=Path, required=True, help="the images of that sweep (for their sizes)")
     args = ap.parse_args()
-    net, _, _ = zoo.load("vq")
-    points = api.vq_points(net)
+    points = api.vq_points(zoo.load("vq")[1])
     by_k: dict[int, list[tuple[float, float]]] = {}
     for r in csv.DictReader(open(args.csv)):
         if r["codec"] != "vq":

@@ -5,7 +5,7 @@ x: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> index maps (B, H/16, W/16)
 stage -> x_hat. GroupNorm residual blocks, as in VQGAN. The first and last 2x of the resolution are
 a pixel (un)shuffle, so no convolution runs at full resolution: that is most of the cost of a step.
 
-Variable rate: `levels` holds smaller codebooks clustered from the main one (K = 8 ... K_main / 2,
+Variable rate: `levels` holds smaller codebooks clustered from the main one (K = 2 ... K_main / 2,
 each fine-tuned with the transforms frozen) and, for each, the map from a main-codebook index to its
 cluster, which the entropy model uses to marginalise its predictions onto the smaller codebook.
 """
