@@ -236,7 +236,7 @@ def main(argv=None) -> None:
 
     start = time.time()
     dev = prepare_run(args.out, args.ckpt)
-    images = torch.from_numpy(load_dataset(args.data, args.workers)).to(dev)
+    images = torch.from_numpy(load_dataset(args.data, args.workers)[0]).to(dev)
 
     meta = dict(DEFAULTS, **(SMALL if args.small else {}))
     model = zoo.build("vq", meta).to(dev)

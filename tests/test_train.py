@@ -44,3 +44,12 @@ def test_init_from_weights_with_other_lambdas_carries_the_gains_over(tmp_path):
     assert torch.allclose(g_new[1], g_old[0], **tol) and torch.allclose(g_new[3], g_old[1], **tol)
     assert torch.allclose(g_new[2], (g_old[0] + g_old[1]) / 2, **tol)
     assert torch.allclose(g_new[0], 2 * g_old[0] - g_old[1], **tol)
+
+
+def test_the_held_out_images_do_not_depend_on_which_subset_is_loaded():
+    from pathlib import Path
+    paths = [Path(f"set/{i:04d}.webp") for i in range(1000)]
+    full = {p for p, h in zip(paths, train.held_out(paths)) if h}
+    subset = paths[::3]
+    assert 5 < len(full) < 60
+    assert {p for p, h in zip(subset, train.held_out(subset)) if h} == full & set(subset)
