@@ -31,11 +31,11 @@ from codec import zoo
 from codec.io import find_images, load_image
 from codec.models.hp import LAMBDAS
 
-def load_dataset(root: Path, workers: int) -> tuple[np.ndarray, list[Path]]:
-    """Every image under root -> ((N, 3, S, S) uint8, centre-cropped to the smallest side S; the N paths)."""
-    paths = find_images(root)
+def load_dataset(roots: list[Path], workers: int) -> tuple[np.ndarray, list[Path]]:
+    """Every image under the roots -> ((N, 3, S, S) uint8, centre-cropped to the smallest side S; the N paths)."""
+    paths = [p for root in roots for p in find_images(root)]
     if not paths:
-        raise SystemExit(f"no images under {root}")
+        raise SystemExit(f"no images under {', '.join(map(str, roots))}")
     with Pool(workers) as pool:
         images = pool.map(load_image, paths, chunksize=16)
     side = min(min(im.shape[:2]) for im in images)
@@ -174,7 +174,8 @@ def validate(model, images: torch.Tensor) -> list[dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="folder of training images (searched recursively)")
+    ap.add_argument("--data", type=Path, nargs="+", required=True,
+                    help="folders of training images (searched recursively)")
     ap.add_argument("--ckpt", type=Path, default=Path(".ckpt"), help="full checkpoint folder (resumed if present)")
     ap.add_argument("--init", type=Path, help="shipped .safetensors weights to start from if --ckpt is empty")
     ap.add_argument("--out", type=Path, required=True, help="where the exported weights and the logs are written")

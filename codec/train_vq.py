@@ -214,7 +214,7 @@ STAGES = {"autoencoder": train_autoencoder, "cluster": train_cluster, "prior": t
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=list(STAGES), required=True)
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--data", type=Path, nargs="+", required=True, help="folders of training images")
     ap.add_argument("--ckpt", type=Path, default=Path(".ckpt-vq"))
     ap.add_argument("--init", type=Path, help="exported vq weights to start from if --ckpt is empty")
     ap.add_argument("--out", type=Path, required=True)

@@ -2,12 +2,14 @@
 
     python datasets/prepare.py kodak  [--dest .data/kodak]   # verify ../shared copy, or download
     python datasets/prepare.py train  [--dest .data/train] [--max-mib 30]   # copy the training crops for a GPU job
+    python datasets/prepare.py train  --dest .data/train-rest --rest-of .data/train   # the crops left out
 
 Kodak is checked against datasets/kodak.json (sha256 of every file); a missing or wrong file is
 fetched from the manifest's URL when the network allows. The training crops exist only in the
 project's shared folder (research licences, see its README); `train` copies them into a git-ignored
 folder of the repo, which a device command then carries; --max-mib keeps an evenly spread subset
-when the repo and the data together would exceed what a device call carries (64 MiB).
+when the repo and the data together would exceed what a device call carries (64 MiB); --rest-of
+copies the crops such a subset left out, for a second call to carry to the same (warm) machine.
 """
 from __future__ import annotations
 
@@ -49,20 +51,27 @@ def prepare_kodak(dest: Path) -> None:
     print(f"\nkodak: {len(manifest['files'])} images verified in {dest}", file=sys.stderr)
 
 
-def prepare_train(dest: Path, max_mib: float | None = None) -> None:
+def prepare_train(dest: Path, max_mib: float | None = None, rest_of: Path | None = None) -> None:
     src = SHARED / "train"
     if not src.is_dir():
         raise SystemExit(f"{src} is not here: the training crops live only in the project's shared folder")
     if dest.exists():
         shutil.rmtree(dest)
     files = sorted(p for p in src.rglob("*") if p.is_file())
+    if rest_of is not None:
+        files = [p for p in files if not (rest_of / p.relative_to(src)).exists()]
     total = sum(p.stat().st_size for p in files)
     keep = files
     if max_mib is not None and total > max_mib * 2**20:
         # Every image file whose running share crosses a step of the kept fraction: an even spread
-        # over the sources; READMEs and licences always stay.
+        # over the sources; READMEs and licences always stay. Crops differ in size, so the fraction
+        # shrinks until the subset fits.
         fraction = max_mib * 2**20 / total
-        keep = [p for i, p in enumerate(files) if p.suffix != ".webp" or int((i + 1) * fraction) > int(i * fraction)]
+        while True:
+            keep = [p for i, p in enumerate(files) if p.suffix != ".webp" or int((i + 1) * fraction) > int(i * fraction)]
+            if sum(p.stat().st_size for p in keep) <= max_mib * 2**20:
+                break
+            fraction *= 0.99
     for p in keep:
         target = dest / p.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,12 +86,13 @@ def main() -> None:
     ap.add_argument("dataset", choices=["kodak", "train"])
     ap.add_argument("--dest", type=Path, help="destination folder (default: .data/<dataset>)")
     ap.add_argument("--max-mib", type=float, help="train: keep an evenly spread subset of at most this size")
+    ap.add_argument("--rest-of", type=Path, help="train: only the crops that this earlier subset lacks")
     args = ap.parse_args()
     dest = args.dest or ROOT / ".data" / args.dataset
     if args.dataset == "kodak":
         prepare_kodak(dest)
     else:
-        prepare_train(dest, args.max_mib)
+        prepare_train(dest, args.max_mib, args.rest_of)
 
 
 if __name__ == "__main__":
