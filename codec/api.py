@@ -77,13 +77,18 @@ def vq_points(meta: dict) -> list[tuple[int, int]]:
 def model_qualities(model: str) -> list[float]:
     """The qualities at which a shipped model's operating points lie: one per trained rate level (hp)
     or per (codebook, depth) point (vq), evenly spaced over 0..100. A sweep measures these."""
-    meta = zoo.read_meta(zoo.WEIGHTS_DIR / zoo.MODELS[zoo.DEFAULT_MODEL.get(model, model)])
+    meta = zoo.read_meta(zoo.weights_path(model))
     n = len(meta["lambdas"]) if meta["family"] == "hp" else len(vq_points(meta))
-    return [round(100 * i / (n - 1), 2) for i in range(n)]
+    return [point_quality(i, n) for i in range(n)]
+
+
+def point_quality(i: int, n: int) -> float:
+    """Operating point i of n, evenly spaced over qualities 0..100 (in the header's hundredths)."""
+    return round(100 * i / (n - 1), 2)
 
 
 def vq_point_index(points: list, quality: float) -> int:
-    """quality 0..100 -> index of the vq operating point it selects (evenly spaced over the points)."""
+    """quality 0..100 -> index of the vq operating point it selects (the inverse of point_quality)."""
     return round(quality / 100 * (len(points) - 1))
 
 
@@ -129,7 +134,7 @@ def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float,
 
     def at(i: int) -> bytes:
         header.codebook, header.depth = points[i]
-        header.quality = round(100 * i / (len(points) - 1), 2)
+        header.quality = point_quality(i, len(points))
         codes, _ = net.codebook(header.codebook)
         maps = net.autoencoder.quantizer.indices(features, header.depth, codes)
         return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))

@@ -77,7 +77,7 @@ def _model_qualities(model: str) -> Callable[[], list[float]]:
 def _weights_version(model: str) -> Callable[[], str]:
     def version() -> str:
         from codec import zoo
-        return zoo.weights_hash(zoo.WEIGHTS_DIR / zoo.MODELS[model]).hex()
+        return zoo.weights_hash(zoo.weights_path(model)).hex()
     return version
 
 

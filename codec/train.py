@@ -142,14 +142,13 @@ def transfer_gains(src, dst) -> None:
     """Copy the per-level log-gains of `src` to `dst`, whose lambdas may differ: each of dst's levels
     takes src's log-gains interpolated (extrapolated beyond its ends) linearly in log lambda, the
     relation the gains start from (a quantizer step going as 1/sqrt(lambda))."""
-    src_l = torch.log(torch.tensor(src.lambdas, dtype=torch.float64))
-    for name in ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain"):
-        table = getattr(src, name).detach().double()
-        for i, lam in enumerate(dst.lambdas):
-            x = math.log(lam)
-            lo = int(torch.searchsorted(src_l, torch.tensor(x, dtype=torch.float64)).clamp(1, len(src_l) - 1)) - 1
-            t = (x - src_l[lo]) / (src_l[lo + 1] - src_l[lo])
-            getattr(dst, name)[i] = ((1 - t) * table[lo] + t * table[lo + 1]).to(getattr(dst, name).dtype)
+    src_l = np.log(src.lambdas)
+    for i, x in enumerate(np.log(dst.lambdas)):
+        lo = min(max(int(np.searchsorted(src_l, x)), 1), len(src_l) - 1) - 1
+        t = float((x - src_l[lo]) / (src_l[lo + 1] - src_l[lo]))
+        for name in ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain"):
+            table = getattr(src, name)
+            getattr(dst, name)[i] = (1 - t) * table[lo] + t * table[lo + 1]
 
 
 @torch.no_grad()

@@ -119,12 +119,18 @@ def deterministic_kernels(device: str) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def weights_path(model_id: str) -> Path:
+    """The shipped weights file of a model id (or of a family's default model)."""
+    model_id = DEFAULT_MODEL.get(model_id, model_id)
+    if model_id not in MODELS:
+        raise ModelNotFound(f"unknown model {model_id!r} (known: {', '.join(MODELS)})")
+    return WEIGHTS_DIR / MODELS[model_id]
+
+
 @functools.lru_cache(maxsize=4)
 def load(model_id: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, bytes]:
     """model id -> (model in eval mode, its metadata, its 4-byte weights hash)."""
-    if model_id not in MODELS:
-        raise ModelNotFound(f"unknown model {model_id!r} (known: {', '.join(MODELS)})")
-    path = WEIGHTS_DIR / MODELS[model_id]
+    path = weights_path(model_id)
     if not path.exists():
         raise ModelNotFound(f"weights for {model_id!r} are not installed ({path})")
     deterministic_kernels(device)

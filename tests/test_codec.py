@@ -72,7 +72,7 @@ def test_quality_out_of_range_is_a_value_error(sample_rgb):
 
 
 def test_shipped_weights_carry_their_training_record():
-    meta = zoo.read_meta(zoo.WEIGHTS_DIR / zoo.MODELS["hp"])
+    meta = zoo.read_meta(zoo.weights_path("hp"))
     assert meta["family"] == "hp" and meta["steps"] > 0 and meta["gpu_seconds"] > 0
 
 

@@ -18,7 +18,8 @@ def vq():
 
 
 def test_operating_points_run_from_the_smallest_codebook_to_residual_depth(vq):
-    points = api.vq_points(vq[1])
+    _, meta = vq
+    points = api.vq_points(meta)
     assert points[0] == (2, 1) and points[-2] == (8192, 1) and points[-1] == (8192, 2)
     assert [k for k, _ in points[:-1]] == [2 ** i for i in range(1, 14)]
 
@@ -62,7 +63,8 @@ def test_a_bpp_target_picks_the_largest_operating_point_that_fits(vq, sample_rgb
     target = 0.05
     data = codec.encode(sample_rgb, model="vq", bpp=target)
     assert len(data) * 8 / 65536 <= target
-    points = api.vq_points(vq[1])
+    _, meta = vq
+    points = api.vq_points(meta)
     header = bitstream.read(data).header
     i = points.index((header.codebook, header.depth))
     k, d = points[i + 1]
