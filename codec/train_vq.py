@@ -10,13 +10,19 @@ cluster: spherical k-means of the main codebook into K = 2, 4, ..., K_main / 2, 
   codebook fine-tuned on the reconstruction loss with the transforms frozen (Mao et al. 2023);
   then the residual stages' index frequencies, which code them.
 prior: the transformer entropy model over the frozen encoder's index maps, a codebook size drawn per
-  step, on masked-index cross-entropy (bits per index, logged per size).
+  step, on masked-index cross-entropy (bits per index, logged per size); --scheduled of the maps are
+  masked as the coder's groups are.
+decoder: the synthesis transform alone, on every codebook the model codes with: the encoder and the
+  codebooks stay frozen, so every index map, and the prior's rate, stays what it was.
 All stages share one checkpoint (--ckpt/state.pt) and one weights file; --init starts from exported
-weights on a fresh machine. Logs: train-log-<stage>.csv.
+weights on a fresh machine. About one image in 50 is held out (codec.train.held_out): before and
+after each call, val-log-<stage>.csv gets PSNR, MS-SSIM and the prior's coded bits an index on
+those images at a few operating points. Logs: train-log-<stage>.csv.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import time
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 
 from codec import zoo
 from codec.quantizers.cluster import cluster_codebook
-from codec.train import TrainLog, load_dataset, prepare_run, random_batch, scheduled_lr
+from codec.train import TrainLog, held_out, load_dataset, prepare_run, random_batch, scheduled_lr
 
 DEFAULTS = {"family": "vq", "model_id": "vq", "channels": [64, 128, 160, 160], "dim": 192, "codebook_size": 8192,
             "code_dim": 16, "residual_sizes": [4096], "decoder_blocks": 2,
@@ -195,7 +201,7 @@ def train_prior(model, images, args, step, gen, log, budget, extra) -> int:
         x = random_batch(images, args.batch, args.crop, gen)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             indices = ae.analyse(x, 1, codes)[0]
-            loss = prior.loss(indices, codes.detach(), mapping)
+            loss = prior.loss(indices, codes.detach(), mapping, args.scheduled)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
@@ -208,7 +214,87 @@ def train_prior(model, images, args, step, gen, log, budget, extra) -> int:
     return step
 
 
-STAGES = {"autoencoder": train_autoencoder, "cluster": train_cluster, "prior": train_prior}
+def train_decoder(model, images, args, step, gen, log, budget, extra) -> int:
+    """The synthesis transform on a codebook drawn per step: half the steps the main codebook (at a
+    depth drawn from 1 .. max), half a clustered one, all on reconstructions of frozen indices."""
+    ae = model.autoencoder
+    ae.eval().requires_grad_(False)
+    ae.g_s.requires_grad_(True)
+    opt = torch.optim.AdamW(ae.g_s.parameters(), lr=args.lr, weight_decay=0.0)
+    if "decoder" in extra:
+        opt.load_state_dict(extra["decoder"]["opt"])
+    distortion = Distortion(args.msssim_weight, args.crop)
+    main, depths, clustered = ae.quantizer.codebook_size, ae.quantizer.max_depth, model.levels.sizes
+    t0 = time.time()
+    while (elapsed := time.time() - t0) < budget:
+        for g in opt.param_groups:
+            g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
+        pick = int(torch.randint(2 * len(clustered), (1,), generator=gen, device=images.device))
+        k, depth = (main, 1 + pick % depths) if pick < len(clustered) else (clustered[pick - len(clustered)], 1)
+        x = random_batch(images, args.batch, args.crop, gen)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            with torch.no_grad():
+                codes = model.codebook(k)[0]
+                z_q = ae.quantizer.lookup(ae.analyse(x, depth, codes), codes)
+            d = distortion(ae.g_s(z_q), x)
+        opt.zero_grad(set_to_none=True)
+        d["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(ae.g_s.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if k == main:
+            log.add(**{f"{m}_d{depth}": d[m] for m in ("psnr", "ms_ssim") if m in d})
+        if step % args.log_every == 0:
+            log.write(step, args.gpu_seconds + time.time() - t0, opt.param_groups[0]["lr"])
+    ae.requires_grad_(True)
+    extra["decoder"] = {"opt": opt.state_dict()}
+    return step
+
+
+def validation_points(model) -> list[tuple[int, int]]:
+    """(K, depth): the main codebook at every depth and three clustered sizes spread over the range."""
+    main, sizes = model.autoencoder.quantizer.codebook_size, model.levels.sizes
+    return ([(k, 1) for k in sorted({sizes[0], sizes[len(sizes) // 2], sizes[-1]})]
+            + [(main, d) for d in range(1, model.autoencoder.quantizer.max_depth + 1)])
+
+
+@torch.no_grad()
+def validate(model, images: torch.Tensor) -> list[dict]:
+    """Held-out images at each validation point: PSNR, MS-SSIM (where the images are big enough)
+    and, at depth 1, the bits an index the prior codes the main map with."""
+    ae = model.autoencoder
+    was_training = model.training
+    model.eval()
+    x = images.float().div(255)
+    rows = []
+    for k, depth in validation_points(model):
+        codes, mapping = model.codebook(k)
+        maps = ae.analyse(x, depth, codes)
+        x_hat = ae.g_s(ae.quantizer.lookup(maps, codes)).clamp(0, 1)
+        row = {"codebook": k, "depth": depth, "psnr": (-10 * torch.log10((x_hat - x).pow(2).mean((1, 2, 3)))).mean().item()}
+        if min(x.shape[-2:]) > 160:
+            from pytorch_msssim import ms_ssim
+            row["ms_ssim"] = ms_ssim(x_hat, x, data_range=1.0).item()
+        if depth == 1:
+            row["bits"] = model.prior.coded_bits(maps[0], codes, mapping)
+        rows.append({m: round(v, 4) if isinstance(v, float) else v for m, v in row.items()})
+    model.train(was_training)
+    return rows
+
+
+def write_validation(path: Path, step: int, gpu_seconds: float, when: str, rows: list[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["step", "gpu_seconds", "when", "codebook", "depth", "psnr", "ms_ssim", "bits"])
+        for r in rows:
+            w.writerow([step, round(gpu_seconds, 1), when, r["codebook"], r["depth"], r["psnr"],
+                        r.get("ms_ssim", ""), r.get("bits", "")])
+    print(f"validation {when} (held-out images):", rows, flush=True)
+
+
+STAGES = {"autoencoder": train_autoencoder, "cluster": train_cluster, "prior": train_prior, "decoder": train_decoder}
 
 
 def main(argv=None) -> None:
@@ -228,6 +314,8 @@ def main(argv=None) -> None:
     ap.add_argument("--adv-weight", type=float, default=0.0, help="weight of the PatchGAN generator loss")
     ap.add_argument("--adv-start", type=int, default=0, help="autoencoder step from which the GAN loss is on")
     ap.add_argument("--cluster-lr", type=float, default=1e-3)
+    ap.add_argument("--scheduled", type=float, default=0.5,
+                    help="prior: share of the maps masked as the coder's groups are, not at random")
     ap.add_argument("--small", action="store_true", help="a tiny model, for smoke tests on CPU")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--weights-name", default="vq-v1.safetensors")
@@ -236,34 +324,42 @@ def main(argv=None) -> None:
 
     start = time.time()
     dev = prepare_run(args.out, args.ckpt)
-    images = torch.from_numpy(load_dataset(args.data, args.workers)[0]).to(dev)
+    data, paths = load_dataset(args.data, args.workers)
+    held = held_out(paths)
+    images, val_images = torch.from_numpy(data[~held]).to(dev), torch.from_numpy(data[held]).to(dev)
+    print(f"data: {len(images)} train, {len(val_images)} held out", flush=True)
 
     meta = dict(DEFAULTS, **(SMALL if args.small else {}))
     model = zoo.build("vq", meta).to(dev)
-    step, gpu_seconds, extra = {s: 0 for s in STAGES}, 0.0, {}
+    step, gpu_seconds, extra = dict.fromkeys(STAGES, 0), 0.0, {}
     full = args.ckpt / "state.pt"
     if full.exists():
         state = torch.load(full, map_location=dev)
         model.load_state_dict(state["model"])
-        step, gpu_seconds, extra = state["steps"], state["gpu_seconds"], state["extra"]
+        step, gpu_seconds, extra = step | state["steps"], state["gpu_seconds"], state["extra"]
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
         # Clustered codebooks of sizes the shipped file lacks stay empty until the cluster stage.
         missing, unexpected = model.load_state_dict(shipped.state_dict(), strict=False)
         if unexpected or any(not k.startswith("levels.") for k in missing):
             raise SystemExit(f"{args.init} does not match this model: missing {missing}, unexpected {unexpected}")
-        step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
-    stage = {"autoencoder": model.autoencoder, "cluster": model.levels, "prior": model.prior}[args.stage]
+        step, gpu_seconds = step | init_meta["steps"], init_meta["gpu_seconds"]
+    stage = {"autoencoder": model.autoencoder, "cluster": model.levels, "prior": model.prior,
+             "decoder": model.autoencoder.g_s}[args.stage]
     print(f"{args.stage}: model {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"stage {sum(p.numel() for p in stage.parameters()) / 1e6:.2f} M, step {step[args.stage]}, "
           f"{gpu_seconds / 60:.1f} GPU-min so far", flush=True)
 
     names = {"autoencoder": ["loss", "psnr", "ms_ssim", "perplexity", "g_adv", "d_loss"],
              "cluster": [f"{m}_{k}" for k in model.levels.sizes for m in ("psnr", "ms_ssim")],
-             "prior": [f"bits_{k}" for k in model.sizes]}[args.stage]
+             "prior": [f"bits_{k}" for k in model.sizes],
+             "decoder": [f"{m}_d{d}" for d in range(1, model.autoencoder.quantizer.max_depth + 1)
+                         for m in ("psnr", "ms_ssim")]}[args.stage]
     log = TrainLog(args.out / f"train-log-{args.stage}.csv", names)
     gen = torch.Generator(device=dev)
     gen.manual_seed(4321 + sum(step.values()))
+    val_log = args.out / f"val-log-{args.stage}.csv"
+    write_validation(val_log, step[args.stage], gpu_seconds, "before", validate(model, val_images))
     budget = args.minutes * 60 - (time.time() - start)
     t0 = time.time()
     args.gpu_seconds = gpu_seconds
@@ -271,6 +367,7 @@ def main(argv=None) -> None:
     if dev == "cuda":  # a CPU smoke run must not count as GPU training
         gpu_seconds += time.time() - t0
     log.close()
+    write_validation(val_log, step[args.stage], gpu_seconds, "after", validate(model, val_images))
 
     torch.save({"model": model.state_dict(), "extra": extra, "steps": step, "gpu_seconds": gpu_seconds},
                args.ckpt / "state.tmp")

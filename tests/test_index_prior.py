@@ -53,6 +53,39 @@ def test_marginal_loss_on_a_clustered_codebook_is_the_cross_entropy_of_summed_pr
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
+def test_coded_bits_is_what_encode_spends():
+    torch.manual_seed(2)
+    prior = IndexPrior(64, code_dim=4, dim=32, depth=1, heads=2).eval()
+    for codes, mapping in (_codebook(64), (_codebook(8)[0], torch.arange(64) % 8)):
+        maps = torch.randint(len(codes), (3, 12, 10))
+        coded = sum(len(transformer.encode(prior, m, codes, mapping)) * 8 for m in maps) / maps.numel()
+        # The coder's integer CDFs and its final bytes cost a little more than the ideal length.
+        assert prior.coded_bits(maps, codes, mapping) <= coded < prior.coded_bits(maps, codes, mapping) + 0.2
+
+
+def test_scheduled_training_masks_predict_one_coding_group_from_the_groups_before_it():
+    torch.manual_seed(4)
+    prior = IndexPrior(16, code_dim=4, dim=16, depth=1, heads=2)
+    groups = torch.stack(prior.groups(6, 7))
+    seen = []
+
+    def forward(indices, known, codes, select=None):
+        seen.append((known.clone(), select.clone()))
+        return torch.zeros(int(select.sum()), 16, requires_grad=True)
+
+    prior.forward = forward
+    prior.loss(torch.randint(16, (64, 6, 7)), *_codebook(16), scheduled=1.0)
+    known, hidden = seen[0]
+    steps = set()
+    for kn, hi in zip(known, hidden):
+        # The hidden group (plus at most the one position every map hides) and nothing of it known.
+        g = max(range(len(groups)), key=lambda i: int((groups[i] & hi).sum()))
+        steps.add(g)
+        assert (groups[g] & ~hi).sum() == 0 and (hi & ~groups[g]).sum() <= 1
+        assert torch.equal(kn, groups[:g].any(0) & ~hi)  # exactly the groups coded before it
+    assert len(steps) > 5  # steps drawn over the whole schedule
+
+
 def _toy_maps(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     """8x8 maps whose rows each hold one index: a known neighbour in the row predicts an index
     exactly (a structure that holds wherever the map is cut, as in images)."""

@@ -45,6 +45,20 @@ def test_autoencoder_cluster_prior_stages_log_export_and_keep_the_autoencoder_fr
     bits = [float(v) for r in _log(tmp_path, "prior") for k, v in r.items() if k.startswith("bits_") and v != "nan"]
     assert bits and all(0 < b < 20 for b in bits)  # finite, positive bits an index
 
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net, meta = _stage(tmp_path, "decoder", "--lr", "1e-3")
+    assert meta["steps"]["decoder"] > 0 and meta["steps"]["prior"] > 0
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(before[k], v)}
+    # Only the synthesis transform moved: every index map and its coded bits stay the same.
+    assert changed and all(k.startswith("autoencoder.g_s.") for k in changed)
+    val = list(csv.DictReader(open(tmp_path / "out" / "val-log-decoder.csv")))
+    points = [(int(r["codebook"]), int(r["depth"])) for r in val]
+    assert [r["when"] for r in val] == ["before"] * 5 + ["after"] * 5 and points[:5] == points[5:]
+    assert points[:5] == [(8, 1), (16, 1), (32, 1), (64, 1), (64, 2)]
+    for b, a in zip(val[:5], val[5:]):
+        assert b["bits"] == a["bits"] and (b["bits"] == "" or 0 < float(b["bits"]) < 20)
+        assert b["psnr"] != a["psnr"] and 0 < float(a["ms_ssim"]) <= 1
+
 
 def test_marginal_mapping_leaves_no_clustered_code_without_a_main_code():
     main = torch.eye(4)

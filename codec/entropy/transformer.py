@@ -65,22 +65,51 @@ class IndexPrior(nn.Module):
         order = sorted(range(s * s), key=lambda g: (_spread(g // s, s), _spread(g % s, s)))
         return [(i == g // s) & (j == g % s) for g in order]
 
-    def loss(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    def loss(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor,
+             scheduled: float = 0.0) -> torch.Tensor:
         """Training: hide a random share of each map (cosine schedule, as MaskGIT) and predict it.
-        Returns cross-entropy in bits per hidden index, marginalised onto the codebook `codes`."""
+        A `scheduled` share of the maps instead predicts one coding group from the groups before it,
+        exactly what encode() asks of the network. Returns cross-entropy in bits per hidden index,
+        marginalised onto the codebook `codes`."""
         b, h, w = indices.shape
-        ratio = torch.cos(torch.rand(b, 1, 1, device=indices.device) * math.pi / 2)  # share hidden
-        hidden = torch.rand(b, h, w, device=indices.device) < ratio
+        dev = indices.device
+        ratio = torch.cos(torch.rand(b, 1, 1, device=dev) * math.pi / 2)  # share hidden
+        hidden = torch.rand(b, h, w, device=dev) < ratio
+        known = ~hidden
+        if scheduled:
+            groups = torch.stack(self.groups(h, w, device=dev))  # (G, h, w)
+            step = torch.randint(len(groups), (b,), device=dev)
+            before = torch.arange(len(groups), device=dev)[None, :] < step[:, None]  # (b, G)
+            coded = (torch.rand(b, device=dev) < scheduled)[:, None, None]
+            hidden = torch.where(coded, groups[step], hidden)
+            known = torch.where(coded, (groups[None] & before[..., None, None]).any(1), known)
         # At least one hidden index a map, so the loss is never a mean over nothing.
-        one = F.one_hot(torch.randint(h * w, (b,), device=indices.device), h * w).view(b, h, w).bool()
-        hidden |= one
-        logits = self(indices, ~hidden, codes, hidden).float()
-        target = indices[hidden]
-        if codes.shape[0] == self.codebook_size:
-            return F.cross_entropy(logits, target) / math.log(2)
-        members = mapping[None, :] == target[:, None]
-        log_p = torch.logsumexp(logits.masked_fill(~members, -math.inf), 1) - torch.logsumexp(logits, 1)
-        return -log_p.mean() / math.log(2)
+        hidden |= F.one_hot(torch.randint(h * w, (b,), device=dev), h * w).view(b, h, w).bool()
+        logits = self(indices, known & ~hidden, codes, hidden).float()
+        return -self.log2_prob(logits, indices[hidden], mapping, len(codes)).mean()
+
+    @torch.no_grad()
+    def coded_bits(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> float:
+        """Bits an index that encode() spends on these maps (B, h, w), to within the coder's
+        rounding: each group predicted from the groups before it."""
+        known = torch.zeros_like(indices, dtype=torch.bool)
+        total = 0.0
+        for group in self.groups(*indices.shape[1:], device=indices.device):
+            select = group.expand_as(known)
+            logits = self(indices, known, codes, select).float()
+            total -= self.log2_prob(logits, indices[select], mapping, len(codes)).sum().item()
+            known |= select
+        return total / indices.numel()
+
+    def log2_prob(self, logits: torch.Tensor, target: torch.Tensor, mapping: torch.Tensor, k: int) -> torch.Tensor:
+        """(N, K_main) logits, (N,) indices into a codebook of k -> (N,) log2 probabilities of
+        the targets, summed over the main codes that cluster into each target."""
+        if k == self.codebook_size:
+            log_p = -F.cross_entropy(logits, target, reduction="none")
+        else:
+            members = mapping[None, :] == target[:, None]
+            log_p = torch.logsumexp(logits.masked_fill(~members, -math.inf), 1) - torch.logsumexp(logits, 1)
+        return log_p / math.log(2)
 
     def pmf(self, logits: torch.Tensor, mapping: torch.Tensor, k: int) -> np.ndarray:
         """(N, K_main) logits -> (N, k) float64 probabilities over the codebook in use."""
