@@ -19,8 +19,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # Model id -> weights file. The id is what a .bin header records.
 MODELS = {
-    "hp": "hp-cb-v1.safetensors",
-    "vq": "vq-v2.safetensors",
+    "hp": "hp-cb-v2.safetensors",
+    "vq": "vq-v3.safetensors",
 }
 DEFAULT_MODEL = {"hp": "hp", "vq": "vq"}
 

@@ -3,6 +3,7 @@
     python datasets/prepare.py kodak  [--dest .data/kodak]   # verify ../shared copy, or download
     python datasets/prepare.py train  [--dest .data/train] [--max-mib 30]   # copy the training crops for a GPU job
     python datasets/prepare.py train  --dest .data/train-rest --rest-of .data/train   # the crops left out
+    python datasets/prepare.py frames [--dest .data/frames] [--every 8]   # stills from the test clips
 
 Kodak is checked against datasets/kodak.json (sha256 of every file); a missing or wrong file is
 fetched from the manifest's URL when the network allows. The training crops exist only in the
@@ -10,6 +11,8 @@ project's shared folder (research licences, see its README); `train` copies them
 folder of the repo, which a device command then carries; --max-mib keeps an evenly spread subset
 when the repo and the data together would exceed what a device call carries (64 MiB); --rest-of
 copies the crops such a subset left out, for a second call to carry to the same (warm) machine.
+`frames` writes every Nth frame of the shared test clips as PNG: images that no model trained on,
+to choose between weights without looking at Kodak (tools/compare_weights.py).
 """
 from __future__ import annotations
 
@@ -81,18 +84,39 @@ def prepare_train(dest: Path, max_mib: float | None = None, rest_of: Path | None
     print(f"train: {count} crops, {size / 2**20:.1f} MiB in {dest}", file=sys.stderr)
 
 
+def prepare_frames(dest: Path, every: int) -> None:
+    import av  # here: only this step reads video
+
+    src = SHARED / "video"
+    clips = sorted(src.glob("*.mkv"))
+    if not clips:
+        raise SystemExit(f"no clips in {src}: the test clips live only in the project's shared folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for clip in clips:
+        with av.open(str(clip)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i % every == 0:
+                    frame.to_image().convert("RGB").save(dest / f"{clip.stem}-{i:03d}.png")
+                    count += 1
+    print(f"frames: {count} from {len(clips)} clips in {dest}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=["kodak", "train"])
+    ap.add_argument("dataset", choices=["kodak", "train", "frames"])
     ap.add_argument("--dest", type=Path, help="destination folder (default: .data/<dataset>)")
     ap.add_argument("--max-mib", type=float, help="train: keep an evenly spread subset of at most this size")
     ap.add_argument("--rest-of", type=Path, help="train: only the crops that this earlier subset lacks")
+    ap.add_argument("--every", type=int, default=8, help="frames: keep every Nth frame of each clip")
     args = ap.parse_args()
     dest = args.dest or ROOT / ".data" / args.dataset
     if args.dataset == "kodak":
         prepare_kodak(dest)
-    else:
+    elif args.dataset == "train":
         prepare_train(dest, args.max_mib, args.rest_of)
+    else:
+        prepare_frames(dest, args.every)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""Two weights files of one family, side by side on images neither trained on.
+
+    python datasets/prepare.py frames            # stills from the shared test clips -> .data/frames
+    python tools/compare_weights.py OLD.safetensors NEW.safetensors --images .data/frames datasets/samples
+
+Held-out training crops cannot judge weights trained before they were held out (they may have
+trained on them), and Kodak is for reporting, not for choosing; this is what chooses. Each image is
+cropped to whole latent blocks and measured on its own; the table gives the mean over images at
+each operating point:
+  hp: each trained level's estimated bpp (rounded latents) and PSNR (codec.train.validate);
+  vq: PSNR, MS-SSIM and the prior's coded bits an index at the validation points (codec.train_vq.validate).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from codec import train, train_vq, zoo  # noqa: E402
+from codec.io import find_images, load_image  # noqa: E402
+
+# Metrics per family: (the validation function, the multiple an image is cropped to, the row keys
+# that name an operating point, the metrics compared).
+FAMILIES = {"hp": (train.validate, 64, ("level",), ("bpp", "psnr")),
+            "vq": (train_vq.validate, 16, ("codebook", "depth"), ("psnr", "ms_ssim", "bits"))}
+
+
+def measure(path: Path, images: list[np.ndarray]) -> tuple[str, dict]:
+    """Weights file -> (family, {operating point: {metric: mean over images}})."""
+    model, meta = zoo.load_file(path)
+    validate, block, point, metrics = FAMILIES[meta["family"]]
+    rows: dict[tuple, list[dict]] = {}
+    with torch.no_grad():
+        for im in images:
+            h, w = im.shape[0] // block * block, im.shape[1] // block * block
+            x = torch.from_numpy(np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)))[None]
+            for r in validate(model, x):
+                rows.setdefault(tuple(r[k] for k in point), []).append(r)
+    return meta["family"], {p: {m: float(np.mean([r[m] for r in rs])) for m in metrics if m in rs[0]}
+                            for p, rs in rows.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--images", type=Path, nargs="+", required=True, help="folders of images neither model trained on")
+    args = ap.parse_args()
+    images = [load_image(p) for root in args.images for p in find_images(root)]
+    if not images:
+        raise SystemExit(f"no images under {', '.join(map(str, args.images))}")
+    (fam_a, old), (fam_b, new) = measure(args.old, images), measure(args.new, images)
+    if fam_a != fam_b or old.keys() != new.keys():
+        raise SystemExit(f"{args.old} and {args.new} are not the same family of operating points")
+    metrics = list(next(iter(old.values())))
+    print(f"{len(images)} images; {args.old.name} -> {args.new.name}\n")
+    print("| point | " + " | ".join(metrics) + " |")
+    print("|---|" + "---|" * len(metrics))
+    for p in old:
+        cells = []
+        for m in metrics:
+            if m not in old[p]:
+                cells.append("")
+                continue
+            a, b = old[p][m], new[p][m]
+            change = f"{100 * (b / a - 1):+.1f} %" if m in ("bpp", "bits") else f"{b - a:+.4f}"
+            cells.append(f"{a:.4f} -> {b:.4f} ({change})")
+        print(f"| {' x '.join(map(str, p))} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
