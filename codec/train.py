@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from codec import zoo
 from codec.io import find_images, load_image
@@ -56,18 +57,27 @@ def held_out(paths: list[Path]) -> np.ndarray:
     return held
 
 
-def random_batch(images: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
-    """uint8 (N, 3, S, S) on the device -> float (batch, 3, crop, crop) in [0, 1], random crops and flips."""
+def random_batch(images: torch.Tensor, batch: int, crop: int, gen: torch.Generator,
+                 scale_min: float = 1.0) -> torch.Tensor:
+    """uint8 (N, 3, S, S) on the device -> float (batch, 3, crop, crop) in [0, 1], random crops and flips.
+    With scale_min < 1, each batch crops a region of a size drawn from crop .. crop / scale_min (at
+    most S) and resizes it to crop: the same photos at other scales, and room to move the crop when
+    crop = S."""
     n, _, side, _ = images.shape
     dev = images.device
+    size = crop
+    if scale_min < 1:
+        size = int(torch.randint(crop, min(side, int(crop / scale_min)) + 1, (1,), generator=gen, device=dev))
     pick = torch.randint(n, (batch,), generator=gen, device=dev)
-    top = torch.randint(side - crop + 1, (batch,), generator=gen, device=dev)
-    left = torch.randint(side - crop + 1, (batch,), generator=gen, device=dev)
-    ar = torch.arange(crop, device=dev)
+    top = torch.randint(side - size + 1, (batch,), generator=gen, device=dev)
+    left = torch.randint(side - size + 1, (batch,), generator=gen, device=dev)
+    ar = torch.arange(size, device=dev)
     rows = (top[:, None] + ar)[:, None, :, None]
     cols = (left[:, None] + ar)[:, None, None, :]
     x = images[pick[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None], rows, cols]
     x = x.float().div_(255)
+    if size != crop:
+        x = F.interpolate(x, size=(crop, crop), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
     flip = torch.rand(batch, generator=gen, device=dev) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x.contiguous(memory_format=torch.channels_last)
@@ -181,6 +191,8 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=8.0, help="training time budget of this call")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--crop", type=int, default=192)
+    ap.add_argument("--scale-min", type=float, default=1.0,
+                    help="augmentation: crop regions up to --crop / this and resize them to --crop (1: off)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lr-final", type=float, default=None,
                     help="decay the lr linearly to this value over the last --decay-fraction of the budget")
@@ -245,7 +257,7 @@ def main(argv=None) -> None:
     while (elapsed := time.time() - t0) < budget:
         for g in opt.param_groups:
             g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
-        x = random_batch(train_images, args.batch, args.crop, gen)
+        x = random_batch(train_images, args.batch, args.crop, gen, args.scale_min)
         level = torch.rand(args.batch, generator=gen, device=dev) * (len(args.lambdas) - 1)
         try:
             out = fwd(x, level)

@@ -87,7 +87,7 @@ def train_autoencoder(model, images, args, step, gen, log, budget, extra) -> int
         for o in (opt, d_opt):
             for g in o.param_groups:
                 g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
-        x = random_batch(images, args.batch, args.crop, gen)
+        x = random_batch(images, args.batch, args.crop, gen, args.scale_min)
         adversarial = args.adv_weight > 0 and step >= args.adv_start
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             out = ae(x)
@@ -149,7 +149,7 @@ def train_cluster(model, images, args, step, gen, log, budget, extra) -> int:
         opt = torch.optim.Adam([weight], lr=args.cluster_lr)
         t0 = time.time()
         while time.time() - t0 < per_size:
-            x = random_batch(images, args.batch, args.crop, gen)
+            x = random_batch(images, args.batch, args.crop, gen, args.scale_min)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
                 with torch.no_grad():
                     z = ae.g_a(x)
@@ -174,7 +174,7 @@ def train_cluster(model, images, args, step, gen, log, budget, extra) -> int:
         counts = [torch.ones(s.size, device=images.device) for s in q.stages[1:]]
         t0 = time.time()
         while time.time() - t0 < budget * 0.1:
-            x = random_batch(images, args.batch, args.crop, gen)
+            x = random_batch(images, args.batch, args.crop, gen, args.scale_min)
             maps = ae.analyse(x, q.max_depth)
             for c, m in zip(counts, maps[1:]):
                 c += torch.bincount(m.flatten(), minlength=len(c))
@@ -198,7 +198,7 @@ def train_prior(model, images, args, step, gen, log, budget, extra) -> int:
             g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
         k = sizes[int(torch.randint(len(sizes), (1,), generator=gen, device=images.device))]
         codes, mapping = model.codebook(k)
-        x = random_batch(images, args.batch, args.crop, gen)
+        x = random_batch(images, args.batch, args.crop, gen, args.scale_min)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             indices = ae.analyse(x, 1, codes)[0]
             loss = prior.loss(indices, codes.detach(), mapping, args.scheduled)
@@ -231,7 +231,7 @@ def train_decoder(model, images, args, step, gen, log, budget, extra) -> int:
             g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
         pick = int(torch.randint(2 * len(clustered), (1,), generator=gen, device=images.device))
         k, depth = (main, 1 + pick % depths) if pick < len(clustered) else (clustered[pick - len(clustered)], 1)
-        x = random_batch(images, args.batch, args.crop, gen)
+        x = random_batch(images, args.batch, args.crop, gen, args.scale_min)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             with torch.no_grad():
                 codes = model.codebook(k)[0]
@@ -307,6 +307,8 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--scale-min", type=float, default=1.0,
+                    help="augmentation: crop regions up to --crop / this and resize them to --crop (1: off)")
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--lr-final", type=float, default=None)
     ap.add_argument("--decay-fraction", type=float, default=0.3)

@@ -2,6 +2,7 @@
 import csv
 import math
 
+import pytest
 import torch
 
 from codec import train, zoo
@@ -23,8 +24,9 @@ def test_a_chunk_logs_exports_loadable_weights_and_the_next_chunk_resumes(tmp_pa
     assert meta["arch"] == "checkerboard"
     assert int(first[-1]["step"]) <= meta["steps"] < int(first[-1]["step"]) + 2  # logged every 2 steps
     assert meta["gpu_seconds"] == 0  # CPU seconds are not GPU training
-    second = _run(tmp_path, "--arch", "checkerboard")
+    second = _run(tmp_path, "--arch", "checkerboard", "--scale-min", "0.8")  # with rescaled crops
     assert int(second[-1]["step"]) > int(first[-1]["step"])  # appended, continuing the step count
+    assert all(math.isfinite(float(r["loss"])) for r in second)
     val = list(csv.reader(open(tmp_path / "out" / "val-log.csv")))
     assert len(val) == 2 * net.n_levels
 
@@ -53,3 +55,18 @@ def test_the_held_out_images_do_not_depend_on_which_subset_is_loaded():
     subset = paths[::3]
     assert 5 < len(full) < 60
     assert {p for p, h in zip(subset, train.held_out(subset)) if h} == full & set(subset)
+
+
+def test_random_batch_rescales_regions_only_when_asked():
+    ramp = torch.arange(0, 256, 4, dtype=torch.uint8).expand(64, 64)  # +4 a column, the same in every row
+    images = ramp.expand(2, 3, 64, 64).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    step = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean().item() * 255  # noqa: E731
+    plain = train.random_batch(images, 4, 32, gen)
+    assert plain.shape == (4, 3, 32, 32) and step(plain) == pytest.approx(4, abs=1e-4)
+    scaled = [train.random_batch(images, 4, 32, gen, scale_min=0.5) for _ in range(20)]
+    assert all(x.shape == (4, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 for x in scaled)
+    # A region of S > 32 pixels resized to 32: the ramp climbs 4 * S / 32 a column (up to 8).
+    steps = [step(x[..., 4:-4]) for x in scaled]
+    assert max(steps) > 5 and all(3.9 < s < 8.1 for s in steps)
+    assert all(torch.allclose(x, x[..., :1, :].expand_as(x), atol=1e-6) for x in scaled)  # rows stay alike
