@@ -93,17 +93,21 @@ def vq_point_index(points: list, quality: float) -> int:
 
 
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
-           codebook: int | None = None, depth: int | None = None, device: str = "cpu") -> bytes:
+           codebook: int | None = None, depth: int | None = None, refine: int = 0, device: str = "cpu") -> bytes:
     """Compress an image to the bytes of a .bin file.
 
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
     quality whose file fits the budget. If even quality 0 does not fit, quality 0 is used.
-    `codebook` and `depth` (vq only) pick the codebook size K and the residual depth D directly."""
+    `codebook` and `depth` (vq only) pick the codebook size K and the residual depth D directly.
+    `refine` (vq only): steps of encoder-side search for indices that decode closer to the image
+    (depth-1 points; each step costs about a decode). Decoding is unchanged."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     net, meta, whash = zoo.load(zoo.DEFAULT_MODEL.get(model, model), device)
-    if meta["family"] != "vq" and (codebook is not None or depth is not None):
-        raise ValueError("codebook and depth apply to the vq model only")
+    if meta["family"] != "vq" and (codebook is not None or depth is not None or refine):
+        raise ValueError("codebook, depth and refine apply to the vq model only")
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0 steps, not {refine}")
     rgb = as_rgb(image)
     h, w = rgb.shape[:2]
     if h * w > MAX_PIXELS:
@@ -113,7 +117,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     bitstream.container.header_bytes(header)  # validates the size before any model work
     budget = budget_bytes(bpp, size, w, h)
     if meta["family"] == "vq":
-        return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget)
+        return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget, refine)
     x = to_tensor(rgb, device)
     with torch.no_grad():
         features = net.g_a(x)  # the same at every quality: computed once for a rate search
@@ -127,7 +131,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
 
 
 def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float, codebook: int | None, depth: int | None,
-               budget: float | None) -> bytes:
+               budget: float | None, refine: int = 0) -> bytes:
     points = vq_points(meta)
     with torch.no_grad():
         features = net.autoencoder.g_a(x)
@@ -136,7 +140,10 @@ def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float,
         header.codebook, header.depth = points[i]
         header.quality = point_quality(i, len(points))
         codes, _ = net.codebook(header.codebook)
-        maps = net.autoencoder.quantizer.indices(features, header.depth, codes)
+        z = features
+        if refine and header.depth == 1:
+            z = net.autoencoder.refine(x, features, codes, refine, size=(header.height, header.width))
+        maps = net.autoencoder.quantizer.indices(z, header.depth, codes)
         return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))
 
     if budget is not None:

@@ -102,7 +102,7 @@ def cmd_encode(args) -> None:
     t0 = time.perf_counter()
     try:
         data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
-                          codebook=args.codebook, depth=args.depth, device=args.device)
+                          codebook=args.codebook, depth=args.depth, refine=args.refine, device=args.device)
     except ValueError as e:  # the API's word for bad arguments
         raise UsageError(str(e)) from None
     encode_s = time.perf_counter() - t0
@@ -199,6 +199,9 @@ def build_parser() -> Parser:
                    help="vq: codebook size (2, 4, ..., 8192); overrides --quality")
     e.add_argument("--depth", type=_positive(int), metavar="D",
                    help="vq: quantizer stages (residual VQ adds rate; with the full codebook only)")
+    e.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="vq: N steps of encoder-side search for indices that decode closer to the image "
+                        "(each about one decode of time; 20 is a good trade); decoding is unchanged")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)

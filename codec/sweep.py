@@ -81,10 +81,21 @@ def _weights_version(model: str) -> Callable[[], str]:
     return version
 
 
-def _learned(model: str) -> Coder:
+def _refined_vq_qualities(count: int = 3) -> Callable[[], list[float]]:
+    """The vq points at depth 1 with the `count` largest codebooks: where the vq curve meets the
+    classical codecs' lowest settings (refinement costs ~20 decodes of time per image and point)."""
+    def qualities() -> list[float]:
+        from codec import api, zoo
+        points = api.vq_points(zoo.read_meta(zoo.weights_path("vq")))
+        depth1 = [i for i, (_, d) in enumerate(points) if d == 1][-count:]
+        return [api.point_quality(i, len(points)) for i in depth1]
+    return qualities
+
+
+def _learned(model: str, **options) -> Coder:
     def run(rgb: np.ndarray, q: float):
         from codec import api
-        data, te = _timed(api.encode, rgb, model, q)
+        data, te = _timed(api.encode, rgb, model, q, **options)
         out, td = _timed(api.decode_rgb, data)
         return data, out, te, td
     return run
@@ -194,6 +205,7 @@ CODECS: dict[str, CodecSpec] = {
     # Our models: one quality per operating point of the shipped weights (codec.api.model_qualities).
     "hp": CodecSpec(_model_qualities("hp"), _learned("hp"), version=_weights_version("hp")),
     "vq": CodecSpec(_model_qualities("vq"), _learned("vq"), version=_weights_version("vq")),
+    "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=20), version=_weights_version("vq")),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
     "jpeg420": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG")),
     "webp": CodecSpec(list(range(5, 100, 5)), _pillow("WEBP")),
@@ -395,7 +407,7 @@ def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, yli
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     for name, c in curves.items():
         r = c["results"]
-        ours = {"hp": "black", "vq": "crimson"}
+        ours = {"hp": "black", "vq": "crimson", "vq-refine": "darkorange"}
         style = {"color": ours[name], "lw": 2.5, "zorder": 5} if name in ours else {"lw": 1.2}
         ax.plot(r["bpp"], r[metric], "o-", ms=4, label=f"{name} (measured)", **style)
     for name, c in anchors.items():

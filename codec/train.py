@@ -251,7 +251,8 @@ def main(argv=None) -> None:
     gen = torch.Generator(device=dev)
     gen.manual_seed(1234 + step)
     log = TrainLog(args.out / "train-log.csv", ["loss", "bpp", "psnr", "aux"])
-    budget = args.minutes * 60 - (time.time() - start)
+    # At least one step, also when loading took the whole budget (a smoke run on a busy machine).
+    budget = max(args.minutes * 60 - (time.time() - start), 1.0)
     t0 = time.time()
     model.train()
     while (elapsed := time.time() - t0) < budget:

@@ -362,7 +362,8 @@ def main(argv=None) -> None:
     gen.manual_seed(4321 + sum(step.values()))
     val_log = args.out / f"val-log-{args.stage}.csv"
     write_validation(val_log, step[args.stage], gpu_seconds, "before", validate(model, val_images))
-    budget = args.minutes * 60 - (time.time() - start)
+    # At least one step, also when loading took the whole budget (a smoke run on a busy machine).
+    budget = max(args.minutes * 60 - (time.time() - start), 1.0)
     t0 = time.time()
     args.gpu_seconds = gpu_seconds
     step[args.stage] = STAGES[args.stage](model, images, args, step[args.stage], gen, log, budget, extra)

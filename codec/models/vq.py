@@ -59,6 +59,39 @@ class VQAutoencoder(nn.Module):
     def synthesise(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None) -> torch.Tensor:
         return self.g_s(self.quantizer.lookup(maps, codes)).clamp(0, 1)
 
+    def refine(self, x: torch.Tensor, z: torch.Tensor, codes: torch.Tensor, steps: int, lr: float = 0.005,
+               msssim_weight: float = 1.0, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Encoder-side search: move the latent z (B, dim, H/16, W/16) of x so that its depth-1
+        quantization onto `codes` decodes closer to x (MSE + w * (1 - MS-SSIM) over the top-left
+        `size` pixels, the image without its padding), gradients passing the nearest-code choice
+        straight through. Returns the z, of the steps tried, whose decoded image scored best. The
+        decoder needs nothing of this: it reads the indices as always."""
+        from pytorch_msssim import ms_ssim
+        h, w = size or x.shape[-2:]
+        x = x[..., :h, :w]
+        weight = msssim_weight if min(h, w) > 160 else 0.0  # MS-SSIM's five scales need > 160 px
+        b, _, zh, zw = z.shape
+        best, best_loss = z, float("inf")
+        z = z.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        with torch.enable_grad():
+            for step in range(steps + 1):
+                e = self.quantizer.project(z)
+                picked = codes[self.quantizer.stages[0].nearest(e, codes)]  # as indices() will pick
+                e = e + (picked - e).detach()
+                x_hat = self.g_s(self.quantizer.project_out(e.view(b, zh, zw, -1).permute(0, 3, 1, 2)))
+                x_hat = x_hat[..., :h, :w].clamp(0, 1)
+                loss = (x_hat - x).pow(2).mean()
+                if weight:
+                    loss = loss + weight * (1 - ms_ssim(x_hat, x, data_range=1.0))
+                if loss.item() < best_loss:
+                    best, best_loss = z.detach().clone(), loss.item()
+                if step == steps:
+                    break
+                z.grad, = torch.autograd.grad(loss, z)  # the latent's gradient only, not the weights'
+                opt.step()
+        return best
+
 
 class ClusteredCodebooks(nn.Module):
     """Buffers `codes_K` (K, code_dim) and `mapping_K` (K_main,) for each clustered size K."""
