@@ -270,7 +270,7 @@ def validate(model, images: torch.Tensor) -> list[dict]:
     for k, depth in validation_points(model):
         codes, mapping = model.codebook(k)
         maps = ae.analyse(x, depth, codes)
-        x_hat = ae.g_s(ae.quantizer.lookup(maps, codes)).clamp(0, 1)
+        x_hat = ae.synthesise(maps, codes)
         row = {"codebook": k, "depth": depth, "psnr": (-10 * torch.log10((x_hat - x).pow(2).mean((1, 2, 3)))).mean().item()}
         if min(x.shape[-2:]) > 160:
             from pytorch_msssim import ms_ssim
