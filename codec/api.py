@@ -99,13 +99,14 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
     quality whose file fits the budget. If even quality 0 does not fit, quality 0 is used.
     `codebook` and `depth` (vq only) pick the codebook size K and the residual depth D directly.
-    `refine` (vq only): steps of encoder-side search for indices that decode closer to the image
-    (depth-1 points; each step costs about a decode). Decoding is unchanged."""
+    `refine`: steps of encoder-side search for latents that code better (hp: lower rate-distortion
+    loss at the quality's lambda; vq, depth-1 points: indices that decode closer to the image). Each
+    step costs about two decodes; decoding is unchanged."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     net, meta, whash = zoo.load(zoo.DEFAULT_MODEL.get(model, model), device)
-    if meta["family"] != "vq" and (codebook is not None or depth is not None or refine):
-        raise ValueError("codebook, depth and refine apply to the vq model only")
+    if meta["family"] != "vq" and (codebook is not None or depth is not None):
+        raise ValueError("codebook and depth apply to the vq model only")
     if refine < 0:
         raise ValueError(f"refine must be >= 0 steps, not {refine}")
     rgb = as_rgb(image)
@@ -124,7 +125,11 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
 
     def at(q: float) -> bytes:
         header.quality = _check_quality(q)
-        packets, _ = hp_entropy.compress(net, x, level_of(net, header.quality).to(device), features)
+        level = level_of(net, header.quality).to(device)
+        y, z = net.analyse(x, level, features)
+        if refine:
+            y, z = net.refine(x, y, z, level, refine, size=(h, w))
+        packets, _ = hp_entropy.compress(net, y, z, level)
         return bitstream.write(Container(header, packets))
 
     return at(quality) if budget is None else search_quality(at, budget)

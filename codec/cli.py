@@ -169,7 +169,7 @@ def cmd_sweep(args) -> None:
         raise UsageError(str(e)) from None
     if not args.dataset.is_dir():
         raise UsageError(f"--dataset {args.dataset} is not a folder")
-    sweep.run(args.dataset, names, args.out, args.qualities, args.jobs)
+    sweep.run(args.dataset, names, args.out, args.qualities, args.jobs, args.device)
     print(f"sweep: results in {args.out} (per_image.csv, <codec>.json, bdrate.md, rd.png)", file=sys.stderr)
 
 
@@ -200,8 +200,9 @@ def build_parser() -> Parser:
     e.add_argument("--depth", type=_positive(int), metavar="D",
                    help="vq: quantizer stages (residual VQ adds rate; with the full codebook only)")
     e.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="vq: N steps of encoder-side search for indices that decode closer to the image "
-                        "(each about one decode of time; 20 is a good trade); decoding is unchanged")
+                   help="N steps of encoder-side search for latents that code better (hp: lower rate at "
+                        "the same loss, 40 is a good trade; vq: indices that decode closer, 20); each step "
+                        "costs about two decodes of time; decoding is unchanged")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
@@ -228,11 +229,13 @@ def build_parser() -> Parser:
                        "Resumes from the CSV in --out.")
     s.add_argument("--dataset", type=Path, required=True, help="folder of images (e.g. Kodak)")
     s.add_argument("--codecs", default="hp,bpg444,vtm,jpeg,webp,avif,jxl,heif",
-                   help="comma-separated: hp, vq, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
+                   help="comma-separated: hp, hp-refine, vq, vq-refine, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
                    "heif444, heif420, vtm (jpeg/avif/bpg/heif name both chroma formats)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--qualities", type=float, nargs="+", help="override every codec's quality list")
     s.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where our models run (encode and decode times are then that device's)")
     s.set_defaults(func=cmd_sweep)
     return p
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -37,8 +38,9 @@ ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" /
 CSV_FIELDS = ["codec", "quality", "image", "bytes", "bpp", "psnr-rgb", "ms-ssim-rgb", "haarpsi-rgb",
               "encoding_time", "decoding_time"]
 
-# A coder: (rgb, quality) -> (file bytes, decoded rgb, encode seconds, decode seconds)
-Coder = Callable[[np.ndarray, float], tuple[bytes, np.ndarray, float, float]]
+# A coder: (rgb, quality, device) -> (file bytes, decoded rgb, encode seconds, decode seconds); the
+# device ("cpu" or "cuda") is where our models run, and classical codecs ignore it.
+Coder = Callable[[np.ndarray, float, str], tuple[bytes, np.ndarray, float, float]]
 
 
 @dataclass
@@ -93,16 +95,16 @@ def _refined_vq_qualities(count: int = 3) -> Callable[[], list[float]]:
 
 
 def _learned(model: str, **options) -> Coder:
-    def run(rgb: np.ndarray, q: float):
+    def run(rgb: np.ndarray, q: float, device: str):
         from codec import api
-        data, te = _timed(api.encode, rgb, model, q, **options)
-        out, td = _timed(api.decode_rgb, data)
+        data, te = _timed(api.encode, rgb, model, q, device=device, **options)
+        out, td = _timed(api.decode_rgb, data, device=device)
         return data, out, te, td
     return run
 
 
 def _pillow(fmt: str, **options) -> Coder:
-    def run(rgb: np.ndarray, q: float):
+    def run(rgb: np.ndarray, q: float, device: str):
         def enc():
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format=fmt, quality=int(q), **options)
@@ -121,7 +123,7 @@ def _pillow(fmt: str, **options) -> Coder:
 def _external(encode_cmd: Callable[[str, str, float], list[str]], decode_cmd: Callable[[str, str], list[str]],
               suffix: str) -> Coder:
     """A codec behind command-line programs: PNG in, its file, PNG out."""
-    def run(rgb: np.ndarray, q: float):
+    def run(rgb: np.ndarray, q: float, device: str):
         with tempfile.TemporaryDirectory() as tmp:
             src, mid, dst = (os.path.join(tmp, n) for n in ("in.png", "out" + suffix, "out.png"))
             Image.fromarray(rgb).save(src)
@@ -177,7 +179,7 @@ def ycbcr444_to_rgb(ycc: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.stack([r, g, b], -1) * 255), 0, 255).astype(np.uint8)
 
 
-def _vtm(rgb: np.ndarray, q: float):
+def _vtm(rgb: np.ndarray, q: float, device: str):
     """VTM all-intra on 4:4:4 8-bit YCbCr; VTM_CFG names encoder_intra_vtm.cfg."""
     cfg = os.environ.get("VTM_CFG", "")
     h, w = rgb.shape[:2]
@@ -200,10 +202,14 @@ def _heif(chroma: str) -> Coder:
 
 
 HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
+# hp-refine's steps of encoder-side search (about two decodes of time each; the gain levels off by 40
+# on images no weights trained on).
+HP_REFINE_STEPS = 40
 
 CODECS: dict[str, CodecSpec] = {
     # Our models: one quality per operating point of the shipped weights (codec.api.model_qualities).
     "hp": CodecSpec(_model_qualities("hp"), _learned("hp"), version=_weights_version("hp")),
+    "hp-refine": CodecSpec(_model_qualities("hp"), _learned("hp", refine=HP_REFINE_STEPS), version=_weights_version("hp")),
     "vq": CodecSpec(_model_qualities("vq"), _learned("vq"), version=_weights_version("vq")),
     "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=20), version=_weights_version("vq")),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
@@ -226,11 +232,11 @@ ALIASES = {"jpeg": ["jpeg444", "jpeg420"], "avif": ["avif444", "avif420"], "bpg"
            "heif": ["heif444", "heif420"]}
 
 
-def _measure(task: tuple[str, float, str]) -> dict:
-    name, q, path = task
+def _measure(task: tuple[str, float, str, str]) -> dict:
+    name, q, path, device = task
     rgb = load_image(path)
     try:
-        data, out, te, td = CODECS[name].coder(rgb, q)
+        data, out, te, td = CODECS[name].coder(rgb, q, device)
     except ToolError as e:  # rows so far are saved: fix the tool and rerun to resume
         raise ToolError(f"{name} at quality {q:g} on {Path(path).name}: {e}") from None
     h, w = rgb.shape[:2]
@@ -273,7 +279,8 @@ def _stale_codecs(path: Path, names: list[str]) -> list[str]:
     return stale
 
 
-def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | None = None, jobs: int = 1) -> None:
+def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | None = None, jobs: int = 1,
+        device: str = "cpu") -> None:
     images = find_images(dataset)
     if not images:
         raise FileNotFoundError(f"no images under {dataset}")
@@ -305,7 +312,7 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
             print(f"sweep: skipping {name}: not found: {', '.join(spec.missing())}", file=sys.stderr)
             continue
         runnable.append(name)
-    tasks = [(n, float(q), str(p)) for n in runnable for q in (qualities or CODECS[n].default_qualities()) for p in images
+    tasks = [(n, float(q), str(p), device) for n in runnable for q in (qualities or CODECS[n].default_qualities()) for p in images
              if (n, float(q), p.name) not in done_keys]
     total = len(tasks)
     print(f"sweep: {len(images)} images, codecs {', '.join(runnable)}: {total} encodes to run "
@@ -318,6 +325,8 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
             writer.writeheader()
         # The learned codec runs in this process (torch threads); classical codecs fan out over --jobs.
         pool_kw = {"max_workers": jobs, "initializer": _one_thread}
+        if device == "cuda":  # CUDA cannot be used in a forked child
+            pool_kw["mp_context"] = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(**pool_kw) if jobs > 1 else _Serial() as pool:
             for i, row in enumerate(pool.map(_measure, tasks)):
                 writer.writerow(row)
@@ -407,7 +416,7 @@ def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, yli
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     for name, c in curves.items():
         r = c["results"]
-        ours = {"hp": "black", "vq": "crimson", "vq-refine": "darkorange"}
+        ours = {"hp": "black", "hp-refine": "dimgray", "vq": "crimson", "vq-refine": "darkorange"}
         style = {"color": ours[name], "lw": 2.5, "zorder": 5} if name in ours else {"lw": 1.2}
         ax.plot(r["bpp"], r[metric], "o-", ms=4, label=f"{name} (measured)", **style)
     for name, c in anchors.items():

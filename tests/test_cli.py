@@ -107,7 +107,7 @@ def test_bad_image_input_to_encode_gives_exit_1_and_no_output(tmp_path, capsys, 
                                   ["encode", str(SAMPLE), "-", "--json"], ["encode", str(SAMPLE), "x.bin", "--bpp", "0"],
                                   ["encode", str(SAMPLE), "x.bin", "--model", "vq", "--codebook", "100"],
                                   ["encode", str(SAMPLE), "x.bin", "--codebook", "64"],
-                                  ["encode", str(SAMPLE), "x.bin", "--refine", "5"],
+                                  ["encode", str(SAMPLE), "x.bin", "--refine", "-2"],
                                   ["encode", str(SAMPLE), "x.bin", "--model", "vq", "--refine", "-1"]])
 def test_bad_usage_gives_exit_2(tmp_path, capsys, argv, monkeypatch):
     monkeypatch.chdir(tmp_path)

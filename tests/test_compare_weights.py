@@ -18,6 +18,9 @@ def test_a_weights_file_against_itself_changes_nothing_at_any_point(model):
     assert out.startswith("2 images") and len(rows) == (12 if model == "hp" else 5)
     cells = [c for r in rows for c in r.strip("| ").split(" | ")[1:] if c]
     assert cells and all("(+0.0 %)" in c or "(+0.0000)" in c for c in cells), out
+    assert ("BD-rate" in out) == (model == "hp")
+    if model == "hp":
+        assert out.rstrip().endswith(": +0.00 %"), out
 
 
 def test_frames_are_every_nth_still_of_each_clip(tmp_path):

@@ -51,7 +51,7 @@ def main() -> None:
     paths = find_images(args.dataset)[: args.images]
     for i, path in enumerate([paths[0]] + paths):  # the first image once more, untimed, to warm up
         x = api.to_tensor(load_image(path), dev)
-        te, (packets, _) = timed(lambda: hp_entropy.compress(net, x, level), dev)
+        te, (packets, _) = timed(lambda: hp_entropy.compress(net, *net.analyse(x, level), level), dev)
         hw = (x.shape[2] // 16, x.shape[3] // 16)
         td, _ = timed(lambda: net.synthesise(hp_entropy.decompress(net, packets, hw, level), level), dev)
         with torch.no_grad():

@@ -7,7 +7,8 @@ Held-out training crops cannot judge weights trained before they were held out (
 trained on them), and Kodak is for reporting, not for choosing; this is what chooses. Each image is
 cropped to whole latent blocks and measured on its own; the table gives the mean over images at
 each operating point:
-  hp: each trained level's estimated bpp (rounded latents) and PSNR (codec.train.validate);
+  hp: each trained level's estimated bpp (rounded latents) and PSNR (codec.train.validate), and
+      the BD-rate of NEW against OLD over those levels;
   vq: PSNR, MS-SSIM and the prior's coded bits an index at the validation points (codec.train_vq.validate).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from codec import train, train_vq, zoo  # noqa: E402
+from codec.bdrate import bd_rate  # noqa: E402
 from codec.io import find_images, load_image  # noqa: E402
 
 # Metrics per family: (the validation function, the multiple an image is cropped to, the row keys
@@ -70,6 +72,9 @@ def main() -> None:
             change = f"{100 * (b / a - 1):+.1f} %" if m in ("bpp", "bits") else f"{b - a:+.4f}"
             cells.append(f"{a:.4f} -> {b:.4f} ({change})")
         print(f"| {' x '.join(map(str, p))} | " + " | ".join(cells) + " |")
+    if {"bpp", "psnr"} <= set(metrics):  # one figure to choose by: the curves' Bjontegaard rate change
+        bpp_old, psnr_old, bpp_new, psnr_new = ([v[p][m] for p in old] for v in (old, new) for m in ("bpp", "psnr"))
+        print(f"\nBD-rate {args.new.name} vs {args.old.name}: {bd_rate(bpp_old, psnr_old, bpp_new, psnr_new):+.2f} %")
 
 
 if __name__ == "__main__":

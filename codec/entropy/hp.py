@@ -29,11 +29,9 @@ def _z_medians_and_indexes(model, shape: tuple[int, ...]) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def compress(model, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor | None = None
-             ) -> tuple[list[Packet], torch.Tensor]:
-    """x: (1, 3, H, W), H and W multiples of 64 -> (packets [z, y], y_hat as the decoder will see it).
-    features: g_a(x), if the caller already has it (see GainedMeanScaleHyperprior.analyse)."""
-    y, z = model.analyse(x, level, features)
+def compress(model, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tuple[list[Packet], torch.Tensor]:
+    """The gained latents (y, z) of an image (GainedMeanScaleHyperprior.analyse, perhaps refined)
+    -> (packets [z, y], y_hat as the decoder will see it)."""
     z_medians, z_indexes = _z_medians_and_indexes(model, tuple(z.shape))
     z_symbols = scalar.quantize(z, z_medians)
     z_hat = scalar.dequantize(z_symbols, z_medians)

@@ -13,6 +13,7 @@ Two paths, kept apart:
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -156,6 +157,59 @@ class GainedMeanScaleHyperprior(nn.Module):
     def synthesise(self, y_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         _, inv_gain, _, _ = self.gains(level)
         return self.g_s(y_hat * inv_gain).clamp(0, 1)
+
+    def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
+                   noise: torch.Generator | None = None) -> torch.Tensor:
+        """Rate-distortion loss of the gained latents (y, z) of image x (1, 3, h, w; unpadded) as the
+        coder will code them: z and y rounded (straight-through), bits from the discrete priors the
+        coder's tables are built from, lambda * 255^2 * MSE + bits per pixel, as in training.
+        noise: a generator of uniform noise for the bits of the latents plus noise instead, training's
+        surrogate, which has a gradient to follow downhill (seeded by the caller: same bytes each run)."""
+        _, inv_gain, _, _ = self.gains(level)
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
+        z_hat = z + (torch.round(z - medians) + medians - z).detach()
+        def noisy(t):
+            return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
+
+        z_rate = noisy(z) if noise else z_hat
+        z_lik, _, _ = eb._likelihood(z_rate.transpose(0, 1).reshape(z.shape[1], 1, -1))
+        scales, means, y_hat = self.latent_prior(y, self.hyper_features(z_hat, level))
+        y_lik = gc._likelihood(noisy(y) if noise else y_hat, scales, means)
+        bits = -(torch.log2(eb.likelihood_lower_bound(z_lik)).sum() + torch.log2(gc.likelihood_lower_bound(y_lik)).sum())
+        h, w = x.shape[-2:]
+        x_hat = self.g_s(y_hat * inv_gain)[..., :h, :w].clamp(0, 1)
+        return self.lambda_at(level) * 255 ** 2 * (x_hat - x).pow(2).mean() + bits / (h * w)
+
+    def refine(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor, steps: int,
+               lr: float = 0.003, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder-side search: move the gained latents (y, z) of x (analyse's output) to lower the
+        rate-distortion loss of what will really be coded (`coded_loss` over the top-left `size`
+        pixels, the image without its padding). Adam follows the noisy loss the model was trained on
+        (straight-through rounding diverges: the rate's gradient at a rounded latent keeps pushing
+        while nothing moves), its step decaying to zero on a cosine. Returns the (y, z), of the steps
+        tried, whose coded loss was lowest: never worse than where it started. The decoder needs
+        nothing of this."""
+        h, w = size or x.shape[-2:]
+        x = x[..., :h, :w]
+        best, best_loss = (y, z), float("inf")
+        y, z = y.detach().clone().requires_grad_(True), z.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([y, z], lr=lr)
+        noise = torch.Generator(device=y.device).manual_seed(0)
+        with torch.enable_grad():
+            for step in range(steps + 1):
+                with torch.no_grad():
+                    loss = self.coded_loss(x, y, z, level).item()
+                if loss < best_loss:
+                    best, best_loss = (y.detach().clone(), z.detach().clone()), loss
+                if step == steps:
+                    break
+                surrogate = self.coded_loss(x, y, z, level, noise=noise)
+                y.grad, z.grad = torch.autograd.grad(surrogate, (y, z))  # the latents' gradients, not the weights'
+                for g in opt.param_groups:
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                opt.step()
+        return best
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.loss()
