@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from codec import zoo
+from codec.models.vq import MSSSIM_MIN_SIDE
 from codec.quantizers.cluster import cluster_codebook
 from codec.train import TrainLog, held_out, load_dataset, prepare_run, random_batch, scheduled_lr
 
@@ -54,7 +55,7 @@ class Distortion:
     """MSE + w * (1 - MS-SSIM), MS-SSIM in float32 (only on crops MS-SSIM's five scales fit)."""
 
     def __init__(self, msssim_weight: float, crop: int):
-        self.weight = msssim_weight if crop > 160 else 0.0
+        self.weight = msssim_weight if crop > MSSSIM_MIN_SIDE else 0.0
         if self.weight:
             from pytorch_msssim import ms_ssim
             self.ms_ssim = ms_ssim
@@ -272,7 +273,7 @@ def validate(model, images: torch.Tensor) -> list[dict]:
         maps = ae.analyse(x, depth, codes)
         x_hat = ae.synthesise(maps, codes)
         row = {"codebook": k, "depth": depth, "psnr": (-10 * torch.log10((x_hat - x).pow(2).mean((1, 2, 3)))).mean().item()}
-        if min(x.shape[-2:]) > 160:
+        if min(x.shape[-2:]) > MSSSIM_MIN_SIDE:
             from pytorch_msssim import ms_ssim
             row["ms_ssim"] = ms_ssim(x_hat, x, data_range=1.0).item()
         if depth == 1:

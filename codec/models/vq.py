@@ -16,6 +16,10 @@ from torch import nn
 
 from codec.quantizers.vq import VectorQuantizer
 
+# MS-SSIM (pytorch_msssim) downsamples four times with an 11-pixel window: images need more than
+# 160 pixels a side. Below that the vq losses and measures use MSE alone.
+MSSSIM_MIN_SIDE = 160
+
 
 class ResBlock(nn.Module):
     def __init__(self, c: int):
@@ -69,7 +73,7 @@ class VQAutoencoder(nn.Module):
         from pytorch_msssim import ms_ssim
         h, w = size or x.shape[-2:]
         x = x[..., :h, :w]
-        weight = msssim_weight if min(h, w) > 160 else 0.0  # MS-SSIM's five scales need > 160 px
+        weight = msssim_weight if min(h, w) > MSSSIM_MIN_SIDE else 0.0
         b, _, zh, zw = z.shape
         best, best_loss = z, float("inf")
         z = z.detach().clone().requires_grad_(True)
