@@ -202,16 +202,18 @@ def _heif(chroma: str) -> Coder:
 
 
 HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
-# hp-refine's steps of encoder-side search (about two decodes of time each; the gain levels off by 40
-# on images no weights trained on).
-HP_REFINE_STEPS = 40
+# Steps of encoder-side search for the -refine codecs (each about two decodes of time), where the gain
+# levelled off on images no weights trained on.
+REFINE_STEPS = {"hp": 40, "vq": 20}
 
 CODECS: dict[str, CodecSpec] = {
     # Our models: one quality per operating point of the shipped weights (codec.api.model_qualities).
     "hp": CodecSpec(_model_qualities("hp"), _learned("hp"), version=_weights_version("hp")),
-    "hp-refine": CodecSpec(_model_qualities("hp"), _learned("hp", refine=HP_REFINE_STEPS), version=_weights_version("hp")),
+    "hp-refine": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp"]),
+                           version=_weights_version("hp")),
     "vq": CodecSpec(_model_qualities("vq"), _learned("vq"), version=_weights_version("vq")),
-    "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=20), version=_weights_version("vq")),
+    "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=REFINE_STEPS["vq"]),
+                           version=_weights_version("vq")),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
     "jpeg420": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG")),
     "webp": CodecSpec(list(range(5, 100, 5)), _pillow("WEBP")),

@@ -169,6 +169,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
         z_hat = z + (torch.round(z - medians) + medians - z).detach()
+
         def noisy(t):
             return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
 
