@@ -121,7 +121,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
         return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget, refine)
     x = to_tensor(rgb, device)
     with torch.no_grad():
-        features = net.g_a(x)  # the same at every quality: computed once for a rate search
+        features = net.analysis(x)  # the same at every quality: computed once for a rate search
 
     def at(q: float) -> bytes:
         header.quality = _check_quality(q)

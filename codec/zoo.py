@@ -35,7 +35,7 @@ def is_table(key: str) -> bool:
     return key.endswith(_TABLE_SUFFIXES)
 
 
-ARCHITECTURES = ("mean-scale", "checkerboard")
+ARCHITECTURES = ("mean-scale", "checkerboard", "checkerboard-res")
 
 
 def build(family: str, config: dict) -> torch.nn.Module:
@@ -43,7 +43,8 @@ def build(family: str, config: dict) -> torch.nn.Module:
     if family == "hp":
         from codec.models import hp
         arch = config.get("arch", "mean-scale")
-        cls = {"mean-scale": hp.GainedMeanScaleHyperprior, "checkerboard": hp.GainedCheckerboardHyperprior}.get(arch)
+        cls = {"mean-scale": hp.GainedMeanScaleHyperprior, "checkerboard": hp.GainedCheckerboardHyperprior,
+               "checkerboard-res": hp.GainedResidualCheckerboard}.get(arch)
         if cls is None:
             raise ModelNotFound(f"unknown hp architecture {arch!r}")
         return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))

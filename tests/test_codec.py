@@ -119,11 +119,12 @@ def test_conceal_cannot_recover_a_lost_hyper_packet(sample_rgb):
         api.decode_rgb(bytes(data), conceal=True)
 
 
-def test_checkerboard_architecture_codes_losslessly_in_two_passes(tmp_path, sample_rgb):
+@pytest.mark.parametrize("arch", ["checkerboard", "checkerboard-res"])
+def test_checkerboard_architecture_codes_losslessly_in_two_passes(tmp_path, sample_rgb, arch):
     """An untrained checkerboard-context model, exported and reloaded as shipped weights would be:
     its two-pass coding must give back exactly the encoder's quantized latents."""
     from codec.models.hp import LAMBDAS
-    meta = {"family": "hp", "model_id": "hp", "arch": "checkerboard", "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
+    meta = {"family": "hp", "model_id": "hp", "arch": arch, "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
     torch.manual_seed(0)
     zoo.export(zoo.build("hp", meta), tmp_path / "cb.safetensors", meta)
     net, _ = zoo.load_file(tmp_path / "cb.safetensors")
