@@ -155,7 +155,7 @@ class GainedMeanScaleHyperprior(nn.Module):
     @torch.no_grad()
     def analyse(self, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (gained y, gained z) ready for quantization. `features` = g_a(x) when already
+        """x -> (gained y, gained z) ready for quantization. `features` = analysis(x) when already
         computed: it does not depend on the level, so a rate search reuses it."""
         gain, _, hgain, _ = self.gains(level)
         y = (self.analysis(x) if features is None else features) * gain
