@@ -198,8 +198,9 @@ def main(argv=None) -> None:
                     help="decay the lr linearly to this value over the last --decay-fraction of the budget")
     ap.add_argument("--decay-fraction", type=float, default=0.3)
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
-                    help="hp architecture: hyperprior alone, with a checkerboard context, or that with a residual "
-                         "block in each transform (grows checkerboard weights given to --init)")
+                    help="hp architecture: hyperprior alone, with a checkerboard context, that with a residual "
+                         "block in each transform, or with two more at half resolution (each grows the one "
+                         "before it from weights given to --init)")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),

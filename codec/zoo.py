@@ -35,7 +35,13 @@ def is_table(key: str) -> bool:
     return key.endswith(_TABLE_SUFFIXES)
 
 
-ARCHITECTURES = ("mean-scale", "checkerboard", "checkerboard-res")
+# hp architecture name (what a weights file's metadata records) -> its class in codec.models.hp.
+ARCHITECTURES = {
+    "mean-scale": "GainedMeanScaleHyperprior",
+    "checkerboard": "GainedCheckerboardHyperprior",
+    "checkerboard-res": "GainedResidualCheckerboard",
+    "checkerboard-res2": "GainedResidualCheckerboard2",
+}
 
 
 def build(family: str, config: dict) -> torch.nn.Module:
@@ -43,11 +49,9 @@ def build(family: str, config: dict) -> torch.nn.Module:
     if family == "hp":
         from codec.models import hp
         arch = config.get("arch", "mean-scale")
-        cls = {"mean-scale": hp.GainedMeanScaleHyperprior, "checkerboard": hp.GainedCheckerboardHyperprior,
-               "checkerboard-res": hp.GainedResidualCheckerboard}.get(arch)
-        if cls is None:
+        if arch not in ARCHITECTURES:
             raise ModelNotFound(f"unknown hp architecture {arch!r}")
-        return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
+        return getattr(hp, ARCHITECTURES[arch])(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
     if family == "vq":
         from codec.models.vq import VQCodec
         return VQCodec(config)

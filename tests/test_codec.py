@@ -119,7 +119,7 @@ def test_conceal_cannot_recover_a_lost_hyper_packet(sample_rgb):
         api.decode_rgb(bytes(data), conceal=True)
 
 
-@pytest.mark.parametrize("arch", ["checkerboard", "checkerboard-res"])
+@pytest.mark.parametrize("arch", ["checkerboard", "checkerboard-res", "checkerboard-res2"])
 def test_checkerboard_architecture_codes_losslessly_in_two_passes(tmp_path, sample_rgb, arch):
     """An untrained checkerboard-context model, exported and reloaded as shipped weights would be:
     its two-pass coding must give back exactly the encoder's quantized latents."""

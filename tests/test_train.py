@@ -48,26 +48,30 @@ def test_init_from_weights_with_other_lambdas_carries_the_gains_over(tmp_path):
     assert torch.allclose(g_new[0], 2 * g_old[0] - g_old[1], **tol)
 
 
-def test_a_grown_model_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
-    """checkerboard-res initialised from checkerboard weights: the old layers load under their names
+@pytest.mark.parametrize("old_arch, arch, blocks", [
+    ("checkerboard", "checkerboard-res", ("analysis_block", "synthesis_block")),
+    ("checkerboard-res", "checkerboard-res2", ("analysis_fine.1", "synthesis_fine.0")),
+])
+def test_a_grown_model_starts_as_the_model_it_grew_from(tmp_path, sample_rgb, old_arch, arch, blocks):
+    """A grown architecture initialised from the one it grows: the old layers load under their names
     and the new residual blocks start as the identity, so both transforms compute exactly what the
     old model did (lr 0: the one step taken moves nothing but the hyper-latent's quantiles)."""
     from codec import api
     torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", "checkerboard")
+    _run(tmp_path / "a", "--arch", old_arch)
     old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
-    _run(tmp_path / "b", "--arch", "checkerboard-res", "--minutes", "0.01", "--lr", "0",
+    _run(tmp_path / "b", "--arch", arch, "--minutes", "0.01", "--lr", "0",
          "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
     new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
-    assert meta["arch"] == "checkerboard-res"
+    assert meta["arch"] == arch
     assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
     x = api.to_tensor(sample_rgb[:64, :64], "cpu")
     with torch.no_grad():
         y = old.analysis(x)
         assert torch.equal(new.analysis(x), y)
         assert torch.equal(new.synthesis(y), old.synthesis(y))
-        for block in (new.analysis_block, new.synthesis_block):  # and the blocks are on the path
-            block.body[2].bias.add_(0.1)
+        for name in blocks:  # and the new blocks are on the path
+            new.get_submodule(name).body[-1].bias.add_(0.1)
         assert not torch.equal(new.analysis(x), y)
         assert not torch.equal(new.synthesis(y), old.synthesis(y))
 
