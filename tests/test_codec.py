@@ -199,8 +199,9 @@ def test_refine_lowers_the_real_coded_loss_and_estimates_it_closely(sample_rgb):
 
 
 def test_refined_files_decode_with_the_plain_decoder(sample_rgb):
-    data = codec.encode(sample_rgb, quality=50, refine=3)
+    # 6 steps: with 3, hp-cbr2-v1 found nothing better than the plain encoder's latents on this image
+    data = codec.encode(sample_rgb, quality=50, refine=6)
     assert data != codec.encode(sample_rgb, quality=50)
-    assert data == codec.encode(sample_rgb, quality=50, refine=3)  # the search's noise is seeded
+    assert data == codec.encode(sample_rgb, quality=50, refine=6)  # the search's noise is seeded
     out = api.decode_rgb(data)
     assert out.shape == sample_rgb.shape and psnr(sample_rgb, out) > 26
