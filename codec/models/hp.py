@@ -309,10 +309,12 @@ class GainedResidualCheckerboard2(GainedResidualCheckerboard):
         self.analysis_fine = nn.Sequential(ResidualBlock(N, bottleneck=True), ResidualBlock(N, bottleneck=True))
         self.synthesis_fine = nn.Sequential(ResidualBlock(N, bottleneck=True), ResidualBlock(N, bottleneck=True))
 
+    HALF = 2  # g_a[:2] (conv, GDN) ends at half resolution; g_s[-1] (deconv) starts there
+
     def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.analysis_fine(self.g_a[:2](x))  # conv + GDN: half resolution
-        return self.g_a[4:](self.analysis_block(self.g_a[2:4](half)))
+        half = self.analysis_fine(self.g_a[:self.HALF](x))
+        return self.g_a[self.SPLIT:](self.analysis_block(self.g_a[self.HALF:self.SPLIT](half)))
 
     def synthesis(self, y: torch.Tensor) -> torch.Tensor:
-        half = self.g_s[4:6](self.synthesis_block(self.g_s[:4](y)))
-        return self.g_s[6:](self.synthesis_fine(half))
+        half = self.g_s[self.SPLIT:-1](self.synthesis_block(self.g_s[:self.SPLIT](y)))
+        return self.g_s[-1:](self.synthesis_fine(half))
