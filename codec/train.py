@@ -199,8 +199,8 @@ def main(argv=None) -> None:
     ap.add_argument("--decay-fraction", type=float, default=0.3)
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
                     help="hp architecture: hyperprior alone, with a checkerboard context, that with a residual "
-                         "block in each transform, or with two more at half resolution (each grows the one "
-                         "before it from weights given to --init)")
+                         "block in each transform, or with two bottleneck blocks more in each at half resolution "
+                         "(each grows the one before it from weights given to --init)")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),

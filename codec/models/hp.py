@@ -304,12 +304,12 @@ class GainedResidualCheckerboard2(GainedResidualCheckerboard):
     analysed and drawn: two bottleneck residual blocks after g_a's first GDN and two after g_s's third
     inverse GDN, +0.21 M parameters (7.93 M in all). Starts as the checkerboard-res model it grows."""
 
+    HALF = 2  # g_a[:2] (conv, GDN) ends at half resolution; g_s[-1] (deconv) starts there
+
     def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
         super().__init__(N, M, lambdas)
         self.analysis_fine = nn.Sequential(ResidualBlock(N, bottleneck=True), ResidualBlock(N, bottleneck=True))
         self.synthesis_fine = nn.Sequential(ResidualBlock(N, bottleneck=True), ResidualBlock(N, bottleneck=True))
-
-    HALF = 2  # g_a[:2] (conv, GDN) ends at half resolution; g_s[-1] (deconv) starts there
 
     def analysis(self, x: torch.Tensor) -> torch.Tensor:
         half = self.analysis_fine(self.g_a[:self.HALF](x))
