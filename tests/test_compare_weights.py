@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from codec import zoo
 from tests.conftest import ROOT, SAMPLES, SHARED
@@ -15,12 +16,29 @@ def test_a_weights_file_against_itself_changes_nothing_at_any_point(model):
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_weights.py"), path, path,
                           "--images", str(SAMPLES)], capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "point" not in line]
-    assert out.startswith("2 images") and len(rows) == (12 if model == "hp" else 5)
+    points = len(zoo.read_meta(path)["lambdas"]) if model == "hp" else 5
+    assert out.startswith("2 images") and len(rows) == points
     cells = [c for r in rows for c in r.strip("| ").split(" | ")[1:] if c]
     assert cells and all("(+0.0 %)" in c or "(+0.0000)" in c for c in cells), out
     assert ("BD-rate" in out) == (model == "hp")
     if model == "hp":
         assert out.rstrip().endswith(": +0.00 %"), out
+
+
+def test_hp_levels_are_matched_by_lambda_not_by_index(tmp_path):
+    # Untrained small models; what matters is which rows pair up: the old file's level 1 (0.01) is
+    # the new file's level 2, and the new file's level 1 (0.003) has no partner.
+    for name, lambdas in (("old", [0.001, 0.01]), ("new", [0.001, 0.003, 0.01])):
+        meta = {"family": "hp", "arch": "checkerboard", "N": 16, "M": 24, "lambdas": lambdas}
+        torch.manual_seed(0)  # the same weights apart from the gains' lengths
+        zoo.export(zoo.build("hp", meta), tmp_path / f"{name}.safetensors", meta)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_weights.py"), str(tmp_path / "old.safetensors"),
+                          str(tmp_path / "new.safetensors"), "--images", str(SAMPLES)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {r.split(" | ")[0].strip("| "): r for r in out.splitlines() if r.startswith("| lambda")}
+    assert list(rows) == ["lambda 0.001", "lambda 0.01", "lambda 0.003"], out
+    assert "- -> " in rows["lambda 0.003"] and "- -> " not in rows["lambda 0.01"], out
+    assert "BD-rate new.safetensors vs old.safetensors" in out
 
 
 def test_frames_are_every_nth_still_of_each_clip(tmp_path):

@@ -7,8 +7,9 @@ Held-out training crops cannot judge weights trained before they were held out (
 trained on them), and Kodak is for reporting, not for choosing; this is what chooses. Each image is
 cropped to whole latent blocks and measured on its own; the table gives the mean over images at
 each operating point:
-  hp: each trained level's estimated bpp (rounded latents) and PSNR (codec.train.validate), and
-      the BD-rate of NEW against OLD over those levels;
+  hp: each trained level's estimated bpp (rounded latents) and PSNR (codec.train.validate), named
+      by its lambda, and the BD-rate of NEW against OLD over all their levels (a lambda only one
+      file trained is listed with a dash on the other side);
   vq: PSNR, MS-SSIM and the prior's coded bits an index at the validation points (codec.train_vq.validate).
 """
 from __future__ import annotations
@@ -25,23 +26,25 @@ from codec import train, train_vq, zoo  # noqa: E402
 from codec.bdrate import bd_rate  # noqa: E402
 from codec.io import find_images, load_image  # noqa: E402
 
-# Metrics per family: (the validation function, the multiple an image is cropped to, the row keys
-# that name an operating point, the metrics compared).
-FAMILIES = {"hp": (train.validate, 64, ("level",), ("bpp", "psnr")),
-            "vq": (train_vq.validate, 16, ("codebook", "depth"), ("psnr", "ms_ssim", "bits"))}
+# Metrics per family: (the validation function, the multiple an image is cropped to, the name of a
+# row's operating point, the metrics compared). hp levels are named by their lambda: two files may
+# train different lambdas, and level i of one is then not level i of the other.
+FAMILIES = {"hp": (train.validate, 64, lambda model, r: f"lambda {model.lambdas[r['level']]:g}", ("bpp", "psnr")),
+            "vq": (train_vq.validate, 16, lambda model, r: f"{r['codebook']} x {r['depth']}",
+                   ("psnr", "ms_ssim", "bits"))}
 
 
 def measure(path: Path, images: list[np.ndarray]) -> tuple[str, dict]:
     """Weights file -> (family, {operating point: {metric: mean over images}})."""
     model, meta = zoo.load_file(path)
     validate, block, point, metrics = FAMILIES[meta["family"]]
-    rows: dict[tuple, list[dict]] = {}
+    rows: dict[str, list[dict]] = {}
     with torch.no_grad():
         for im in images:
             h, w = im.shape[0] // block * block, im.shape[1] // block * block
             x = torch.from_numpy(np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)))[None]
             for r in validate(model, x):
-                rows.setdefault(tuple(r[k] for k in point), []).append(r)
+                rows.setdefault(point(model, r), []).append(r)
     return meta["family"], {p: {m: float(np.mean([r[m] for r in rs])) for m in metrics if m in rs[0]}
                             for p, rs in rows.items()}
 
@@ -56,26 +59,27 @@ def main() -> None:
     if not images:
         raise SystemExit(f"no images under {', '.join(map(str, args.images))}")
     (fam_a, old), (fam_b, new) = measure(args.old, images), measure(args.new, images)
-    if fam_a != fam_b or old.keys() != new.keys():
-        raise SystemExit(f"{args.old} and {args.new} are not the same family of operating points")
+    if fam_a != fam_b or not old.keys() & new.keys():
+        raise SystemExit(f"{args.old} and {args.new} share no operating point: not one family's weights")
     metrics = list(next(iter(old.values())))
     print(f"{len(images)} images; {args.old.name} -> {args.new.name}\n")
     print("| point | " + " | ".join(metrics) + " |")
     print("|---|" + "---|" * len(metrics))
-    for p in old:
+    for p in {**old, **new}:  # old's points in order, then those only new has
         cells = []
         for m in metrics:
-            if m not in old[p]:
+            a, b = old.get(p, {}).get(m), new.get(p, {}).get(m)
+            if a is None and b is None:
                 cells.append("")
-                continue
-            a, b = old[p][m], new[p][m]
-            change = f"{100 * (b / a - 1):+.1f} %" if m in ("bpp", "bits") else f"{b - a:+.4f}"
-            cells.append(f"{a:.4f} -> {b:.4f} ({change})")
-        print(f"| {' x '.join(map(str, p))} | " + " | ".join(cells) + " |")
+            elif a is None or b is None:
+                cells.append(f"{'-' if a is None else f'{a:.4f}'} -> {'-' if b is None else f'{b:.4f}'}")
+            else:
+                change = f"{100 * (b / a - 1):+.1f} %" if m in ("bpp", "bits") else f"{b - a:+.4f}"
+                cells.append(f"{a:.4f} -> {b:.4f} ({change})")
+        print(f"| {p} | " + " | ".join(cells) + " |")
     if {"bpp", "psnr"} <= set(metrics):  # one figure to choose by: the curves' Bjontegaard rate change
-        bpp_old, psnr_old, bpp_new, psnr_new = ([v[p][m] for p in old] for v in (old, new) for m in ("bpp", "psnr"))
+        bpp_old, psnr_old, bpp_new, psnr_new = ([c[m] for c in v.values()] for v in (old, new) for m in ("bpp", "psnr"))
         print(f"\nBD-rate {args.new.name} vs {args.old.name}: {bd_rate(bpp_old, psnr_old, bpp_new, psnr_new):+.2f} %")
-
 
 if __name__ == "__main__":
     main()
