@@ -49,6 +49,10 @@ def measure(path: Path, images: list[np.ndarray]) -> tuple[str, dict]:
                             for p, rs in rows.items()}
 
 
+def _value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"  # a dash: the point or metric is not in that file
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old", type=Path)
@@ -69,17 +73,15 @@ def main() -> None:
         cells = []
         for m in metrics:
             a, b = old.get(p, {}).get(m), new.get(p, {}).get(m)
-            if a is None and b is None:
-                cells.append("")
-            elif a is None or b is None:
-                cells.append(f"{'-' if a is None else f'{a:.4f}'} -> {'-' if b is None else f'{b:.4f}'}")
-            else:
-                change = f"{100 * (b / a - 1):+.1f} %" if m in ("bpp", "bits") else f"{b - a:+.4f}"
-                cells.append(f"{a:.4f} -> {b:.4f} ({change})")
+            cell = "" if a is None and b is None else f"{_value(a)} -> {_value(b)}"
+            if a is not None and b is not None:
+                cell += f" ({100 * (b / a - 1):+.1f} %)" if m in ("bpp", "bits") else f" ({b - a:+.4f})"
+            cells.append(cell)
         print(f"| {p} | " + " | ".join(cells) + " |")
     if {"bpp", "psnr"} <= set(metrics):  # one figure to choose by: the curves' Bjontegaard rate change
         bpp_old, psnr_old, bpp_new, psnr_new = ([c[m] for c in v.values()] for v in (old, new) for m in ("bpp", "psnr"))
         print(f"\nBD-rate {args.new.name} vs {args.old.name}: {bd_rate(bpp_old, psnr_old, bpp_new, psnr_new):+.2f} %")
+
 
 if __name__ == "__main__":
     main()
