@@ -203,14 +203,17 @@ def main(argv=None) -> None:
                          "(each grows the one before it from weights given to --init)")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
-    ap.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS),
-                    help="rate-distortion trade-offs of the trained levels, increasing (default: %(default)s)")
+    ap.add_argument("--lambdas", type=float, nargs="+",
+                    help="rate-distortion trade-offs of the trained levels, increasing (default: those of the "
+                         f"--init weights, else {' '.join(map(str, LAMBDAS))})")
     ap.add_argument("--N", type=int, default=128)
     ap.add_argument("--M", type=int, default=192)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
+    if args.lambdas is None:  # training on from weights keeps their rate levels unless told otherwise
+        args.lambdas = zoo.read_meta(args.init)["lambdas"] if args.init else list(LAMBDAS)
 
     start = time.time()
     dev = prepare_run(args.out, args.ckpt)

@@ -48,6 +48,13 @@ def test_init_from_weights_with_other_lambdas_carries_the_gains_over(tmp_path):
     assert torch.allclose(g_new[0], 2 * g_old[0] - g_old[1], **tol)
 
 
+def test_init_without_lambdas_keeps_the_levels_of_the_init_weights(tmp_path):
+    # Not the trainer's built-in default: that would quietly retrain shipped weights at other rates.
+    _run(tmp_path / "a", "--lambdas", "0.001", "0.004", "0.01")
+    _run(tmp_path / "b", "--minutes", "0.01", "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    assert zoo.read_meta(tmp_path / "b" / "out" / "t.safetensors")["lambdas"] == [0.001, 0.004, 0.01]
+
+
 @pytest.mark.parametrize("old_arch, arch, blocks", [
     ("checkerboard", "checkerboard-res", ("analysis_block", "synthesis_block")),
     ("checkerboard-res", "checkerboard-res2", ("analysis_fine.1", "synthesis_fine.0")),
