@@ -151,14 +151,33 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def transfer_gains(src, dst) -> None:
     """Copy the per-level log-gains of `src` to `dst`, whose lambdas may differ: each of dst's levels
     takes src's log-gains interpolated (extrapolated beyond its ends) linearly in log lambda, the
-    relation the gains start from (a quantizer step going as 1/sqrt(lambda))."""
+    relation the gains start from (a quantizer step going as 1/sqrt(lambda)). Channels only dst has
+    (a wider latent) start from the mean log-gain of the level."""
     src_l = np.log(src.lambdas)
     for i, x in enumerate(np.log(dst.lambdas)):
         lo = min(max(int(np.searchsorted(src_l, x)), 1), len(src_l) - 1) - 1
         t = float((x - src_l[lo]) / (src_l[lo + 1] - src_l[lo]))
         for name in ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain"):
             table = getattr(src, name)
-            getattr(dst, name)[i] = (1 - t) * table[lo] + t * table[lo + 1]
+            row = (1 - t) * table[lo] + t * table[lo + 1]
+            getattr(dst, name)[i] = torch.cat([row, row.mean().expand(getattr(dst, name).shape[1] - len(row))])
+
+
+@torch.no_grad()
+def grow_parameters(src, dst) -> None:
+    """Copy src's parameters into dst, a model of the same or a grown architecture: parameters dst
+    lacks are dropped, new ones keep their fresh initialisation, and a parameter that grew (a wider
+    latent) takes src's values in its leading block, its new channels left as initialised. Gains
+    are carried over by transfer_gains."""
+    src_params = dict(src.named_parameters())
+    for name, p in dst.named_parameters():
+        old = src_params.get(name)
+        if old is None or name.startswith("log_"):
+            continue
+        if old.dim() != p.dim() or any(a > b for a, b in zip(old.shape, p.shape)):
+            raise SystemExit(f"--init: {name} {tuple(old.shape)} does not fit {tuple(p.shape)}")
+        p[tuple(slice(0, n) for n in old.shape)] = old
+    transfer_gains(src, dst)
 
 
 @torch.no_grad()
@@ -199,8 +218,9 @@ def main(argv=None) -> None:
     ap.add_argument("--decay-fraction", type=float, default=0.3)
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
                     help="hp architecture: hyperprior alone, with a checkerboard context, that with a residual "
-                         "block in each transform, or with two bottleneck blocks more in each at half resolution "
-                         "(each grows the one before it from weights given to --init)")
+                         "block in each transform, with two bottleneck blocks more in each at half resolution, "
+                         "or that with a quarter more latent channels coded after the checkerboard passes "
+                         "(--M 256 from 192; each grows the one before it from weights given to --init)")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+",
@@ -240,12 +260,8 @@ def main(argv=None) -> None:
         print(f"resumed full checkpoint at step {step}, {gpu_seconds / 60:.1f} GPU-min", flush=True)
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
-        # Parameters only: buffers (tables, bounds) are export products or constants of the fresh
-        # model, and another architecture keeps the parameters it shares.
-        params = dict(shipped.named_parameters())
-        model.load_state_dict({k: v for k, v in shipped.state_dict().items()
-                               if k in params and not k.startswith("log_")}, strict=False)
-        transfer_gains(shipped, model)
+        # Parameters only: buffers (tables, bounds) are export products or constants of the fresh model.
+        grow_parameters(shipped, model)
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
         print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
     for g in opt.param_groups:

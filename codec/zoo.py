@@ -41,6 +41,7 @@ ARCHITECTURES = {
     "checkerboard": "GainedCheckerboardHyperprior",
     "checkerboard-res": "GainedResidualCheckerboard",
     "checkerboard-res2": "GainedResidualCheckerboard2",
+    "checkerboard-wide": "GainedWideCheckerboard",
 }
 
 

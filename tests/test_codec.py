@@ -119,16 +119,19 @@ def test_conceal_cannot_recover_a_lost_hyper_packet(sample_rgb):
         api.decode_rgb(bytes(data), conceal=True)
 
 
-@pytest.mark.parametrize("arch", ["checkerboard", "checkerboard-res", "checkerboard-res2"])
-def test_checkerboard_architecture_codes_losslessly_in_two_passes(tmp_path, sample_rgb, arch):
-    """An untrained checkerboard-context model, exported and reloaded as shipped weights would be:
-    its two-pass coding must give back exactly the encoder's quantized latents."""
+@pytest.mark.parametrize("arch, passes", [("checkerboard", 2), ("checkerboard-res", 2), ("checkerboard-res2", 2),
+                                          ("checkerboard-wide", 3)])
+def test_context_architectures_code_losslessly_in_their_passes(tmp_path, sample_rgb, arch, passes):
+    """An untrained context model, exported and reloaded as shipped weights would be: its multi-pass
+    coding must give back exactly the encoder's quantized latents."""
     from codec.models.hp import LAMBDAS
     meta = {"family": "hp", "model_id": "hp", "arch": arch, "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
     torch.manual_seed(0)
     zoo.export(zoo.build("hp", meta), tmp_path / "cb.safetensors", meta)
     net, _ = zoo.load_file(tmp_path / "cb.safetensors")
-    assert len(net.latent_masks(torch.zeros(1, 48, 4, 4))) == 2
+    masks = net.latent_masks(torch.zeros(1, 48, 4, 4))
+    assert len(masks) == passes
+    assert torch.equal(sum(m.expand(1, 48, 4, 4).int() for m in masks), torch.ones(1, 48, 4, 4, dtype=torch.int))
     x = api.to_tensor(sample_rgb[:128, :192], "cpu")
     level = torch.tensor([3.5])
     packets, y_hat = hp_entropy.compress(net, *net.analyse(x, level), level)

@@ -83,6 +83,38 @@ def test_a_grown_model_starts_as_the_model_it_grew_from(tmp_path, sample_rgb, ol
         assert not torch.equal(new.synthesis(y), old.synthesis(y))
 
 
+def test_a_widened_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
+    """checkerboard-wide grown from checkerboard-res2 weights: the old channels keep their values,
+    the extra ones enter the synthesis and the hyper analysis through zero weights, so reconstruction,
+    z and the checkerboard channels' prior are the old model's (to float rounding: a convolution over
+    more input channels sums in another order); the extra channels are coded (a third pass with its
+    own prior) and the synthesis starts to use them once trained."""
+    from codec import api
+    torch.manual_seed(0)
+    _run(tmp_path / "a", "--arch", "checkerboard-res2")
+    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    _run(tmp_path / "b", "--arch", "checkerboard-wide", "--M", "32", "--minutes", "0.01", "--lr", "0",
+         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    assert (meta["arch"], new.M, new.B) == ("checkerboard-wide", 32, 24)
+    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
+    level = torch.tensor([1.5])
+    with torch.no_grad():
+        (y_old, z_old), (y_new, z_new) = old.analyse(x, level), new.analyse(x, level)
+        assert torch.equal(y_new[:, :24], y_old)
+        torch.testing.assert_close(z_new, z_old)
+        assert y_new[:, 24:].abs().sum() > 0  # the extra channels carry something to code
+        z_hat = torch.round(z_old)  # one z for both, so the priors compare
+        s_old, m_old, y_hat = old.latent_prior(y_old, old.hyper_features(z_hat, level))
+        s_new, m_new, y_hat_new = new.latent_prior(y_new, new.hyper_features(z_hat, level))
+        torch.testing.assert_close(s_new[:, :24], s_old)
+        torch.testing.assert_close(m_new[:, :24], m_old)
+        torch.testing.assert_close(new.synthesise(y_hat_new, level), old.synthesise(y_hat, level))
+        new.g_s[0].weight[24:].add_(0.01)  # the extra channels are on the synthesis path
+        assert not torch.allclose(new.synthesise(y_hat_new, level), old.synthesise(y_hat, level), atol=1e-3)
+    assert len(new.latent_masks(y_new)) == 3
+
+
 def test_the_held_out_images_do_not_depend_on_which_subset_is_loaded():
     from pathlib import Path
     paths = [Path(f"set/{i:04d}.webp") for i in range(1000)]
