@@ -233,7 +233,7 @@ class GainedCheckerboardHyperprior(GainedMeanScaleHyperprior):
     def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
         super().__init__(N, M, lambdas)
         B = self.B = self.checkerboard_channels(M)
-        # B context channels (not 2B) keep the model near 7 M parameters, its fp16 file under 16 MB.
+        # B context channels (not 2B): the 5x5 context is the largest layer of the entropy model.
         self.context = conv(B, B, 5, 1)
         self.entropy_parameters = nn.Sequential(
             nn.Conv2d(3 * B, 10 * B // 3, 1), nn.LeakyReLU(inplace=True),
@@ -338,7 +338,9 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
     decoded checkerboard channels (a channel context, Minnen & Singh 2020), which costs far less than
     widening the 5x5 spatial context. Grown from checkerboard-res2 weights (the old layers' channels
     are the leading ones), the extra channels enter g_s and h_a through zero weights, so the model
-    starts out reconstructing exactly as the one it grew from; training teaches it to use them."""
+    starts out reconstructing as the one it grew from (to float rounding). Grown so from hp-cbr2-v2,
+    they ended up carrying almost no bits, their decoded values the prior's means predicted from the
+    other channels, i.e. features for the synthesis (results/training/hp-cbw-v2/RECIPE.md)."""
 
     CHANNEL_CONTEXT = 128
 
