@@ -174,7 +174,10 @@ def grow_parameters(src, dst) -> None:
         old = src_params.get(name)
         if old is None or name.startswith("log_"):
             continue
-        if old.dim() != p.dim() or any(a > b for a, b in zip(old.shape, p.shape)):
+        # Only an architecture that starts its new channels as a no-op (zero weights where they
+        # enter) may take a smaller parameter; any other size change would start half-initialised.
+        fits = old.dim() == p.dim() and all(a <= b for a, b in zip(old.shape, p.shape))
+        if old.shape != p.shape and not (fits and getattr(dst, "GROWS_LATENT", False)):
             raise SystemExit(f"--init: {name} {tuple(old.shape)} does not fit {tuple(p.shape)}")
         p[tuple(slice(0, n) for n in old.shape)] = old
     transfer_gains(src, dst)

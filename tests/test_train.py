@@ -115,6 +115,14 @@ def test_a_widened_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb)
     assert len(new.latent_masks(y_new)) == 3
 
 
+def test_other_sizes_of_the_same_architecture_are_refused_as_init(tmp_path):
+    # Only checkerboard-wide starts its new channels as a no-op; a wider M elsewhere is no growth.
+    _run(tmp_path / "a", "--arch", "checkerboard")
+    with pytest.raises(SystemExit, match="does not fit"):
+        _run(tmp_path / "b", "--arch", "checkerboard", "--M", "32", "--minutes", "0.01",
+             "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+
+
 def test_the_held_out_images_do_not_depend_on_which_subset_is_loaded():
     from pathlib import Path
     paths = [Path(f"set/{i:04d}.webp") for i in range(1000)]

@@ -343,6 +343,7 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
     other channels, i.e. features for the synthesis (results/training/hp-cbw-v2/RECIPE.md)."""
 
     CHANNEL_CONTEXT = 128
+    GROWS_LATENT = True  # codec.train.grow_parameters may load narrower weights into it
 
     def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
         super().__init__(N, M, lambdas)
