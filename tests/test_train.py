@@ -88,7 +88,7 @@ def test_a_widened_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb)
     the extra ones enter the synthesis and the hyper analysis through zero weights, so reconstruction,
     z and the checkerboard channels' prior are the old model's (to float rounding: a convolution over
     more input channels sums in another order); the extra channels are coded (a third pass with its
-    own prior) and the synthesis starts to use them once trained."""
+    own prior) and lie on the synthesis path, for training to open."""
     from codec import api
     torch.manual_seed(0)
     _run(tmp_path / "a", "--arch", "checkerboard-res2")
