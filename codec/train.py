@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from codec import zoo
 from codec.io import find_images, load_image
@@ -166,20 +167,28 @@ def transfer_gains(src, dst) -> None:
 @torch.no_grad()
 def grow_parameters(src, dst) -> None:
     """Copy src's parameters into dst, a model of the same or a grown architecture: parameters dst
-    lacks are dropped, new ones keep their fresh initialisation, and a parameter that grew (a wider
-    latent) takes src's values in its leading block, its new channels left as initialised. Gains
-    are carried over by transfer_gains."""
+    lacks are dropped, new ones keep their fresh initialisation, and a parameter that grew (more
+    channels) takes src's values in its leading block, its new channels left as initialised except
+    where they enter an old channel: those weights are zeroed, so the old channels compute what they
+    did. Gains are carried over by transfer_gains."""
     src_params = dict(src.named_parameters())
+    modules = dict(dst.named_modules())
     for name, p in dst.named_parameters():
         old = src_params.get(name)
         if old is None or name.startswith("log_"):
             continue
-        # Only an architecture that starts its new channels as a no-op (zero weights where they
-        # enter) may take a smaller parameter; any other size change would start half-initialised.
+        # Only an architecture whose grown channels are plain extra channels of the same layers (no
+        # concatenation that the leading block would misalign) may take a smaller parameter.
         fits = old.dim() == p.dim() and all(a <= b for a, b in zip(old.shape, p.shape))
-        if old.shape != p.shape and not (fits and getattr(dst, "GROWS_LATENT", False)):
+        if old.shape != p.shape and not (fits and getattr(dst, "GROWS", False)):
             raise SystemExit(f"--init: {name} {tuple(old.shape)} does not fit {tuple(p.shape)}")
         p[tuple(slice(0, n) for n in old.shape)] = old
+        if old.shape != p.shape and p.dim() >= 2:  # a weight (or GDN's gamma) from inputs to outputs
+            # Conv2d and GDN's gamma are (out, in, ...); ConvTranspose2d is (in, out, ...).
+            out_dim, in_dim = (1, 0) if isinstance(modules[name.rpartition(".")[0]], nn.ConvTranspose2d) else (0, 1)
+            index = [slice(None)] * p.dim()
+            index[out_dim], index[in_dim] = slice(0, old.shape[out_dim]), slice(old.shape[in_dim], None)
+            p[tuple(index)] = 0
     transfer_gains(src, dst)
 
 
@@ -222,8 +231,9 @@ def main(argv=None) -> None:
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
                     help="hp architecture: hyperprior alone, with a checkerboard context, that with a residual "
                          "block in each transform, with two bottleneck blocks more in each at half resolution, "
-                         "or that with a quarter more latent channels coded after the checkerboard passes "
-                         "(--M 256 from 192; each grows the one before it from weights given to --init)")
+                         "that with a quarter more latent channels coded after the checkerboard passes "
+                         "(--M 256 from 192), or that with transforms half as wide again (3N/2 channels); "
+                         "each grows the one before it from weights given to --init")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+",

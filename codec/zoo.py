@@ -42,6 +42,7 @@ ARCHITECTURES = {
     "checkerboard-res": "GainedResidualCheckerboard",
     "checkerboard-res2": "GainedResidualCheckerboard2",
     "checkerboard-wide": "GainedWideCheckerboard",
+    "checkerboard-wider": "GainedWiderCheckerboard",
 }
 
 

@@ -115,8 +115,34 @@ def test_a_widened_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb)
     assert len(new.latent_masks(y_new)) == 3
 
 
+def test_wider_transforms_start_as_the_model_they_grew_from(tmp_path, sample_rgb):
+    """checkerboard-wider grown from checkerboard-wide weights: the transforms' new channels reach the
+    old ones only through zero weights, so the latent and the reconstruction are the old model's (to
+    float rounding), and the new channels lie on both transforms' paths, for training to open."""
+    from codec import api
+    torch.manual_seed(0)
+    _run(tmp_path / "a", "--arch", "checkerboard-wide", "--M", "32")
+    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    _run(tmp_path / "b", "--arch", "checkerboard-wider", "--M", "32", "--minutes", "0.01", "--lr", "0",
+         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    assert (meta["arch"], old.T, new.T, new.N) == ("checkerboard-wider", 16, 24, 16)
+    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
+    level = torch.tensor([2.5])
+    with torch.no_grad():
+        (y_old, z_old), (y_new, z_new) = old.analyse(x, level), new.analyse(x, level)
+        torch.testing.assert_close(y_new, y_old)
+        torch.testing.assert_close(z_new, z_old)
+        y_hat = torch.round(y_old)
+        torch.testing.assert_close(new.synthesise(y_hat, level), old.synthesise(y_hat, level))
+        new.g_a[6].weight[:, 16:].add_(0.01)  # the new channels are on both paths
+        new.g_s[6].weight[16:].add_(0.01)
+        assert not torch.allclose(new.analyse(x, level)[0], y_old, atol=1e-3)
+        assert not torch.allclose(new.synthesise(y_hat, level), old.synthesise(y_hat, level), atol=1e-3)
+
+
 def test_other_sizes_of_the_same_architecture_are_refused_as_init(tmp_path):
-    # Only checkerboard-wide starts its new channels as a no-op; a wider M elsewhere is no growth.
+    # Only the architectures that grow by plain extra channels may; a wider M elsewhere is no growth.
     _run(tmp_path / "a", "--arch", "checkerboard")
     with pytest.raises(SystemExit, match="does not fit"):
         _run(tmp_path / "b", "--arch", "checkerboard", "--M", "32", "--minutes", "0.01",
