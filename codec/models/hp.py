@@ -345,8 +345,8 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
     decoded checkerboard channels (a channel context, Minnen & Singh 2020), which costs far less than
     widening the 5x5 spatial context. Grown from checkerboard-res2 weights (the old layers' channels
     are the leading ones), the extra channels enter g_s and h_a through zero weights
-    (codec.train.grow_parameters), so the model starts out reconstructing as the one it grew from (to float rounding). Grown so from hp-cbr2-v2,
-    they ended up carrying almost no bits, their decoded values the prior's means predicted from the
+    (codec.train.grow_parameters), so the model starts out reconstructing as the one it grew from
+    (to float rounding). Grown so from hp-cbr2-v2, they ended up carrying almost no bits, their decoded values the prior's means predicted from the
     other channels, i.e. features for the synthesis (results/training/hp-cbw-v2/RECIPE.md)."""
 
     CHANNEL_CONTEXT = 128
