@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["codec", "codec.*", "bitstream", "bitstream.*"]),
-    package_data={"codec": ["weights/*.safetensors"]},
+    package_data={"codec": ["weights/*.safetensors", "weights/*.safetensors.[0-9][0-9][0-9]"]},
     ext_modules=[
         Pybind11Extension(
             "bitstream._rangecoder",

@@ -3,8 +3,8 @@
     python -m codec.train --data .data/train --ckpt .ckpt --minutes 8 --out OUTDIR
 
 Each call trains until its time budget is spent, then writes a full checkpoint (model, optimizers,
-step, GPU seconds) to --ckpt, the fp16 safetensors weights ready to ship to --out (small enough to
-come back from a device command), and appends one row per logging window to train-log.csv: step,
+step, GPU seconds) to --ckpt, the fp16 safetensors weights ready to ship to --out (over 16 MiB they
+come back from a device command in `split` parts), and appends one row per logging window to train-log.csv: step,
 seconds, loss, bpp, PSNR. The next call resumes from --ckpt while the machine still holds it, or
 else from --init, the shipped fp16 weights, with fresh optimizer state: fp16 rounding moves a weight
 by far less than one Adam step, so nothing is lost but the optimizer's moments.

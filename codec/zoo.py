@@ -3,16 +3,21 @@
 A weights file holds the float parameters in fp16 and the tables of the entropy models (int32 CDFs,
 the float32 scale table) exactly, computed once at export from the fp16-rounded parameters. Encoder and decoder therefore
 read the same tables from disk instead of each recomputing them in floating point.
+
+No tracked file may exceed 20 MB, so a larger weights file ships as numbered byte parts of itself
+(`split -b 16M -d -a 3 NAME NAME.` -> NAME.000, NAME.001, ...), joined when read: the bytes, and so
+the weights hash stamped into every .bin, are those of the one file training exported.
 """
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -85,33 +90,51 @@ def export(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
     save_file(tensors, str(path), metadata={"codec": json.dumps(meta)})
 
 
+def weights_parts(path: str | Path) -> list[Path]:
+    """The files holding a weights file's bytes, in order: itself, or its numbered parts; [] if neither."""
+    path = Path(path)
+    if path.exists():
+        return [path]
+    return sorted(path.parent.glob(glob.escape(path.name) + ".[0-9][0-9][0-9]"))
+
+
+def _weights_bytes(path: str | Path) -> bytes:
+    parts = weights_parts(path)
+    if not parts:
+        raise ModelNotFound(f"no weights file {path}")
+    return b"".join(part.read_bytes() for part in parts)
+
+
 def weights_hash(path: str | Path) -> bytes:
     """First 4 bytes of the SHA-256 of the weights file: stamped into every .bin it makes."""
-    return hashlib.sha256(Path(path).read_bytes()).digest()[:4]
+    return hashlib.sha256(_weights_bytes(path)).digest()[:4]
 
 
 def read_meta(path: str | Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["codec"])
+    """The metadata export() wrote, read from the safetensors header alone (it lies in the first part)."""
+    parts = weights_parts(path)
+    if not parts:
+        raise ModelNotFound(f"no weights file {path}")
+    with open(parts[0], "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return json.loads(json.loads(f.read(size))["__metadata__"]["codec"])
 
 
 def load_file(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     meta = read_meta(path)
     model = build(meta["family"], meta)
     params = model.state_dict()
-    with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-        missing = sorted(k for k in params if k not in keys)
-        if missing:
-            raise ModelNotFound(f"{path} lacks {len(missing)} tensors, e.g. {missing[0]}")
-        for key in keys:
-            value = f.get_tensor(key)
-            if is_table(key):
-                # Table buffers are sized by the file, not by the freshly built module.
-                module_path, _, name = key.rpartition(".")
-                model.get_submodule(module_path).register_buffer(name, value.clone())
-            else:
-                params[key].copy_(value.float())
+    tensors = load_tensors(_weights_bytes(path))
+    missing = sorted(k for k in params if k not in tensors)
+    if missing:
+        raise ModelNotFound(f"{path} lacks {len(missing)} tensors, e.g. {missing[0]}")
+    for key, value in tensors.items():
+        if is_table(key):
+            # Table buffers are sized by the file, not by the freshly built module.
+            module_path, _, name = key.rpartition(".")
+            model.get_submodule(module_path).register_buffer(name, value.clone())
+        else:
+            params[key].copy_(value.float())
     return model.to(device).eval(), meta
 
 
@@ -138,7 +161,7 @@ def weights_path(model_id: str) -> Path:
 def load(model_id: str, device: str = "cpu") -> tuple[torch.nn.Module, dict, bytes]:
     """model id -> (model in eval mode, its metadata, its 4-byte weights hash)."""
     path = weights_path(model_id)
-    if not path.exists():
+    if not weights_parts(path):
         raise ModelNotFound(f"weights for {model_id!r} are not installed ({path})")
     deterministic_kernels(device)
     model, meta = load_file(path, device)
