@@ -4,10 +4,11 @@
 
 Each call trains until its time budget is spent, then writes a full checkpoint (model, optimizers,
 step, GPU seconds) to --ckpt, the fp16 safetensors weights ready to ship to --out (over 16 MiB they
-come back from a device command in `split` parts), and appends one row per logging window to train-log.csv: step,
-seconds, loss, bpp, PSNR. The next call resumes from --ckpt while the machine still holds it, or
-else from --init, the shipped fp16 weights, with fresh optimizer state: fp16 rounding moves a weight
-by far less than one Adam step, so nothing is lost but the optimizer's moments.
+come back from a device command in `split` parts), and appends one row per logging window to
+train-log.csv: step, seconds, loss, bpp, PSNR. The next call resumes from --ckpt while the machine
+still holds it, or else from --init, the shipped fp16 weights, with fresh optimizer state: fp16
+rounding moves a weight by far less than one Adam step, so nothing is lost but the optimizer's
+moments.
 
 A rate level is drawn per sample, uniformly over the continuous range [0, n_levels - 1], with
 lambda interpolated geometrically between the trained lambdas, so every quality in between is

@@ -98,11 +98,15 @@ def weights_parts(path: str | Path) -> list[Path]:
     return sorted(path.parent.glob(glob.escape(path.name) + ".[0-9][0-9][0-9]"))
 
 
-def _weights_bytes(path: str | Path) -> bytes:
+def _existing_parts(path: str | Path) -> list[Path]:
     parts = weights_parts(path)
     if not parts:
         raise ModelNotFound(f"no weights file {path}")
-    return b"".join(part.read_bytes() for part in parts)
+    return parts
+
+
+def _weights_bytes(path: str | Path) -> bytes:
+    return b"".join(part.read_bytes() for part in _existing_parts(path))
 
 
 def weights_hash(path: str | Path) -> bytes:
@@ -112,10 +116,7 @@ def weights_hash(path: str | Path) -> bytes:
 
 def read_meta(path: str | Path) -> dict:
     """The metadata export() wrote, read from the safetensors header alone (it lies in the first part)."""
-    parts = weights_parts(path)
-    if not parts:
-        raise ModelNotFound(f"no weights file {path}")
-    with open(parts[0], "rb") as f:
+    with open(_existing_parts(path)[0], "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         return json.loads(json.loads(f.read(size))["__metadata__"]["codec"])
 
