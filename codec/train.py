@@ -233,8 +233,9 @@ def main(argv=None) -> None:
                     help="hp architecture: hyperprior alone, with a checkerboard context, that with a residual "
                          "block in each transform, with two bottleneck blocks more in each at half resolution, "
                          "that with a quarter more latent channels coded after the checkerboard passes "
-                         "(--M 256 from 192), or that with transforms half as wide again (3N/2 channels); "
-                         "each grows the one before it from weights given to --init")
+                         "(--M 256 from 192), that with transforms half as wide again (3N/2 channels), or that "
+                         "with the checkerboard halves coded in four channel groups; each grows the one "
+                         "before it from weights given to --init")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+",

@@ -48,6 +48,7 @@ ARCHITECTURES = {
     "checkerboard-res2": "GainedResidualCheckerboard2",
     "checkerboard-wide": "GainedWideCheckerboard",
     "checkerboard-wider": "GainedWiderCheckerboard",
+    "checkerboard-groups": "GainedGroupedCheckerboard",
 }
 
 

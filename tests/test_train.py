@@ -141,6 +141,31 @@ def test_wider_transforms_start_as_the_model_they_grew_from(tmp_path, sample_rgb
         assert not torch.allclose(new.synthesise(y_hat, level), old.synthesise(y_hat, level), atol=1e-3)
 
 
+def test_channel_groups_start_as_the_model_they_grew_from(tmp_path, sample_rgb):
+    """checkerboard-groups grown from checkerboard-wider weights: coded group by group, each group's
+    prior is the old one (to float rounding) until training opens the heads, which lie on its path."""
+    from codec import api
+    torch.manual_seed(0)
+    _run(tmp_path / "a", "--arch", "checkerboard-wider", "--M", "32")
+    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    _run(tmp_path / "b", "--arch", "checkerboard-groups", "--M", "32", "--minutes", "0.01", "--lr", "0",
+         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    assert (meta["arch"], new.B, new.group_starts) == ("checkerboard-groups", 24, [0, 2, 4, 8, 24])
+    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
+    level = torch.tensor([4.5])
+    with torch.no_grad():
+        y, z = old.analyse(x, level)
+        hyper = old.hyper_features(torch.round(z), level)
+        s_old, m_old, y_hat = old.latent_prior(y, hyper)
+        s_new, m_new, y_hat_new = new.latent_prior(y, hyper)
+        torch.testing.assert_close((s_new, m_new, y_hat_new), (s_old, m_old, y_hat))
+        new.group_heads[5]["params"][-1].weight.add_(0.01)  # the second half's last group
+        s_new, m_new, _ = new.latent_prior(y, hyper)
+        assert not torch.allclose(m_new[:, 8:24], m_old[:, 8:24], atol=1e-4)
+        torch.testing.assert_close(m_new[:, :8], m_old[:, :8])
+
+
 def test_other_sizes_of_the_same_architecture_are_refused_as_init(tmp_path):
     # Only the architectures that grow by plain extra channels may; a wider M elsewhere is no growth.
     _run(tmp_path / "a", "--arch", "checkerboard")

@@ -392,3 +392,65 @@ class GainedWiderCheckerboard(GainedWideCheckerboard):
     @staticmethod
     def transform_channels(N: int) -> int:
         return 3 * N // 2
+
+
+class GainedGroupedCheckerboard(GainedWiderCheckerboard):
+    """checkerboard-wider with its checkerboard channels coded in uneven channel groups (ELIC's
+    space-channel context, He et al. 2022): each checkerboard half is coded group by group, B/12,
+    B/12, B/6 and 2B/3 channels (16, 16, 32, 128 for B = 192), and a group's prior also sees the
+    groups decoded before it in that half (and, for the second half, all of the first). 2 x 4 + 1
+    passes. Why: the checkerboard passes predicted each channel from space alone, and the latent's
+    channels are not independent.
+
+    A group's prior is the old one corrected: a head per group and half (the first group needs none)
+    reads the decoded channels of the earlier groups (3x3) and the old (log-scales, means) of its
+    channels, and outputs a log-scale factor and a mean shift. The heads' last layers start at zero and
+    the old spatial context is given the anchors only, as before, so grown from checkerboard-wider
+    weights the model codes as they did (codec.train.grow_parameters keeps fresh parameters fresh)."""
+
+    @staticmethod
+    def channel_groups(B: int) -> tuple[int, ...]:
+        return (B // 12, B // 12, B // 6, B - B // 3)
+
+    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
+        super().__init__(N, M, lambdas)
+        sizes = self.channel_groups(self.B)
+        self.group_starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
+
+        def head(seen: int, size: int) -> nn.ModuleDict:
+            width = max(64, seen + size)
+            out = nn.Conv2d(width, 2 * size, 1)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            return nn.ModuleDict({"context": conv(seen, width, 3, 1), "params": nn.Sequential(
+                nn.Conv2d(width + 2 * size, width, 1), nn.LeakyReLU(inplace=True), out)})
+
+        self.group_heads = nn.ModuleList(head(self.group_starts[g], sizes[g])
+                                         for half in range(2) for g in range(1, len(sizes)))
+
+    def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
+        anchor, other, extra = super().latent_masks(y)
+        c = torch.arange(self.M, device=y.device)[None, :, None, None]
+        s = self.group_starts
+        groups = [(c >= s[g]) & (c < s[g + 1]) for g in range(len(s) - 1)]
+        return [half & group for half in (anchor, other) for group in groups] + [extra]
+
+    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_groups = len(self.group_starts) - 1
+        if step == 2 * n_groups:  # the extra channels, after every checkerboard channel
+            return super().latent_params(hyper, y_hat, 2)
+        half, g = divmod(step, n_groups)
+        # The old checkerboard prior of every channel; its spatial context sees the anchors only.
+        anchor = GainedCheckerboardHyperprior.latent_masks(self, y_hat)[0]
+        anchor_only = torch.where(anchor, y_hat, torch.zeros_like(y_hat))
+        scales, means = super().latent_params(hyper, anchor_only, half)
+        if g == 0:
+            return scales, means
+        lo, hi = self.group_starts[g], self.group_starts[g + 1]
+        head = self.group_heads[half * (n_groups - 1) + g - 1]
+        seen = head["context"](y_hat[:, :lo].to(hyper.dtype))
+        old = torch.cat([torch.log(scales[:, lo:hi].clamp(min=SCALE_MIN)), means[:, lo:hi]], 1)
+        log_factor, shift = head["params"](torch.cat([seen, old.to(seen.dtype)], 1)).float().chunk(2, 1)
+        scales = torch.cat([scales[:, :lo], scales[:, lo:hi] * torch.exp(log_factor), scales[:, hi:]], 1)
+        means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
+        return scales, means
