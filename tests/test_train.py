@@ -16,6 +16,19 @@ def _run(tmp_path, *extra):
     return [r for r in csv.DictReader(open(tmp_path / "out" / "train-log.csv"))]
 
 
+def _grow(tmp_path, old_args, new_args):
+    """A small model trained briefly with old_args, then one with new_args grown from its weights
+    without training (lr 0: the one step taken moves nothing but the hyper-latent's quantiles)
+    -> (old model, grown model, the grown one's metadata)."""
+    torch.manual_seed(0)
+    _run(tmp_path / "a", *old_args)
+    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    _run(tmp_path / "b", *new_args, "--minutes", "0.01", "--lr", "0",
+         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    return old, new, meta
+
+
 def test_a_chunk_logs_exports_loadable_weights_and_the_next_chunk_resumes(tmp_path):
     torch.manual_seed(0)
     first = _run(tmp_path, "--arch", "checkerboard")
@@ -62,14 +75,9 @@ def test_init_without_lambdas_keeps_the_levels_of_the_init_weights(tmp_path):
 def test_a_grown_model_starts_as_the_model_it_grew_from(tmp_path, sample_rgb, old_arch, arch, blocks):
     """A grown architecture initialised from the one it grows: the old layers load under their names
     and the new residual blocks start as the identity, so both transforms compute exactly what the
-    old model did (lr 0: the one step taken moves nothing but the hyper-latent's quantiles)."""
+    old model did."""
     from codec import api
-    torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", old_arch)
-    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
-    _run(tmp_path / "b", "--arch", arch, "--minutes", "0.01", "--lr", "0",
-         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
-    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    old, new, meta = _grow(tmp_path, ["--arch", old_arch], ["--arch", arch])
     assert meta["arch"] == arch
     assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
     x = api.to_tensor(sample_rgb[:64, :64], "cpu")
@@ -90,12 +98,7 @@ def test_a_widened_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb)
     more input channels sums in another order); the extra channels are coded (a third pass with its
     own prior) and lie on the synthesis path, for training to open."""
     from codec import api
-    torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", "checkerboard-res2")
-    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
-    _run(tmp_path / "b", "--arch", "checkerboard-wide", "--M", "32", "--minutes", "0.01", "--lr", "0",
-         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
-    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-res2"], ["--arch", "checkerboard-wide", "--M", "32"])
     assert (meta["arch"], new.M, new.B) == ("checkerboard-wide", 32, 24)
     x = api.to_tensor(sample_rgb[:64, :64], "cpu")
     level = torch.tensor([1.5])
@@ -120,12 +123,8 @@ def test_wider_transforms_start_as_the_model_they_grew_from(tmp_path, sample_rgb
     old ones only through zero weights, so the latent and the reconstruction are the old model's (to
     float rounding), and the new channels lie on both transforms' paths, for training to open."""
     from codec import api
-    torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", "checkerboard-wide", "--M", "32")
-    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
-    _run(tmp_path / "b", "--arch", "checkerboard-wider", "--M", "32", "--minutes", "0.01", "--lr", "0",
-         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
-    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-wide", "--M", "32"],
+                           ["--arch", "checkerboard-wider", "--M", "32"])
     assert (meta["arch"], old.T, new.T, new.N) == ("checkerboard-wider", 16, 24, 16)
     x = api.to_tensor(sample_rgb[:64, :64], "cpu")
     level = torch.tensor([2.5])
@@ -145,12 +144,8 @@ def test_channel_groups_start_as_the_model_they_grew_from(tmp_path, sample_rgb):
     """checkerboard-groups grown from checkerboard-wider weights: coded group by group, each group's
     prior is the old one (to float rounding) until training opens the heads, which lie on its path."""
     from codec import api
-    torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", "checkerboard-wider", "--M", "32")
-    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
-    _run(tmp_path / "b", "--arch", "checkerboard-groups", "--M", "32", "--minutes", "0.01", "--lr", "0",
-         "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
-    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-wider", "--M", "32"],
+                           ["--arch", "checkerboard-groups", "--M", "32"])
     assert (meta["arch"], new.B, new.group_starts) == ("checkerboard-groups", 24, [0, 2, 4, 8, 24])
     x = api.to_tensor(sample_rgb[:64, :64], "cpu")
     level = torch.tensor([4.5])

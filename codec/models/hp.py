@@ -449,8 +449,8 @@ class GainedGroupedCheckerboard(GainedWiderCheckerboard):
         lo, hi = self.group_starts[g], self.group_starts[g + 1]
         head = self.group_heads[half * (n_groups - 1) + g - 1]
         seen = head["context"](y_hat[:, :lo].to(hyper.dtype))
-        old = torch.cat([torch.log(scales[:, lo:hi].clamp(min=SCALE_MIN)), means[:, lo:hi]], 1)
-        log_factor, shift = head["params"](torch.cat([seen, old.to(seen.dtype)], 1)).float().chunk(2, 1)
+        prior = torch.cat([torch.log(scales[:, lo:hi].clamp(min=SCALE_MIN)), means[:, lo:hi]], 1)
+        log_factor, shift = head["params"](torch.cat([seen, prior.to(seen.dtype)], 1)).float().chunk(2, 1)
         scales = torch.cat([scales[:, :lo], scales[:, lo:hi] * torch.exp(log_factor), scales[:, hi:]], 1)
         means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
         return scales, means
