@@ -251,11 +251,15 @@ class GainedCheckerboardHyperprior(GainedMeanScaleHyperprior):
         """How many of the M latent channels the two checkerboard passes code: here all of them."""
         return M
 
+    @staticmethod
+    def anchors(y: torch.Tensor) -> torch.Tensor:
+        """y: (B, C, h, w) -> the anchor positions, (i + j) even, as a bool mask (1, 1, h, w)."""
+        i = torch.arange(y.shape[2], device=y.device)[:, None]
+        j = torch.arange(y.shape[3], device=y.device)[None, :]
+        return ((i + j) % 2 == 0)[None, None]
+
     def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        h, w = y.shape[2:]
-        i = torch.arange(h, device=y.device)[:, None]
-        j = torch.arange(w, device=y.device)[None, :]
-        anchor = ((i + j) % 2 == 0)[None, None]
+        anchor = self.anchors(y)
         return [anchor, ~anchor]
 
     def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,8 +350,9 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
     widening the 5x5 spatial context. Grown from checkerboard-res2 weights (the old layers' channels
     are the leading ones), the extra channels enter g_s and h_a through zero weights
     (codec.train.grow_parameters), so the model starts out reconstructing as the one it grew from
-    (to float rounding). Grown so from hp-cbr2-v2, they ended up carrying almost no bits, their decoded values the prior's means predicted from the
-    other channels, i.e. features for the synthesis (results/training/hp-cbw-v2/RECIPE.md)."""
+    (to float rounding). Grown so from hp-cbr2-v2, they ended up carrying almost no bits, their
+    decoded values the prior's means predicted from the other channels, i.e. features for the
+    synthesis (results/training/hp-cbw-v2/RECIPE.md)."""
 
     CHANNEL_CONTEXT = 128
     GROWS = True  # codec.train.grow_parameters may load narrower weights into it
@@ -441,8 +446,7 @@ class GainedGroupedCheckerboard(GainedWiderCheckerboard):
             return super().latent_params(hyper, y_hat, 2)
         half, g = divmod(step, n_groups)
         # The old checkerboard prior of every channel; its spatial context sees the anchors only.
-        anchor = GainedCheckerboardHyperprior.latent_masks(self, y_hat)[0]
-        anchor_only = torch.where(anchor, y_hat, torch.zeros_like(y_hat))
+        anchor_only = torch.where(self.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
         scales, means = super().latent_params(hyper, anchor_only, half)
         if g == 0:
             return scales, means
