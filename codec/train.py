@@ -151,15 +151,16 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def transfer_gains(src, dst) -> None:
-    """Copy the per-level log-gains of `src` to `dst`, whose lambdas may differ: each of dst's levels
-    takes src's log-gains interpolated (extrapolated beyond its ends) linearly in log lambda, the
-    relation the gains start from (a quantizer step going as 1/sqrt(lambda)). Channels only dst has
-    (a wider latent) start from the mean log-gain of the level."""
+    """Copy the per-level tables of `src` (the log-gains, and any other of dst's LEVEL_TABLES src has)
+    to `dst`, whose lambdas may differ: each of dst's levels takes src's rows interpolated
+    (extrapolated beyond its ends) linearly in log lambda, the relation the gains start from (a
+    quantizer step going as 1/sqrt(lambda)). Channels only dst has (a wider latent) start from the
+    mean of the level's row; tables only dst has keep their fresh values."""
     src_l = np.log(src.lambdas)
     for i, x in enumerate(np.log(dst.lambdas)):
         lo = min(max(int(np.searchsorted(src_l, x)), 1), len(src_l) - 1) - 1
         t = float((x - src_l[lo]) / (src_l[lo + 1] - src_l[lo]))
-        for name in ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain"):
+        for name in (n for n in dst.LEVEL_TABLES if hasattr(src, n)):
             table = getattr(src, name)
             row = (1 - t) * table[lo] + t * table[lo + 1]
             getattr(dst, name)[i] = torch.cat([row, row.mean().expand(getattr(dst, name).shape[1] - len(row))])
@@ -171,12 +172,12 @@ def grow_parameters(src, dst) -> None:
     lacks are dropped, new ones keep their fresh initialisation, and a parameter that grew (more
     channels) takes src's values in its leading block, its new channels left as initialised except
     where they enter an old channel: those weights are zeroed, so the old channels compute what they
-    did. Gains are carried over by transfer_gains."""
+    did. Gains and the other per-level tables are carried over by transfer_gains."""
     src_params = dict(src.named_parameters())
     modules = dict(dst.named_modules())
     for name, p in dst.named_parameters():
         old = src_params.get(name)
-        if old is None or name.startswith("log_"):
+        if old is None or name in dst.LEVEL_TABLES:
             continue
         # Only an architecture whose grown channels are plain extra channels of the same layers (no
         # concatenation that the leading block would misalign) may take a smaller parameter.
@@ -234,7 +235,9 @@ def main(argv=None) -> None:
                          "block in each transform, with two bottleneck blocks more in each at half resolution, "
                          "that with a quarter more latent channels coded after the checkerboard passes "
                          "(--M 256 from 192), that with transforms half as wide again (3N/2 channels), or that "
-                         "with the checkerboard halves coded in four channel groups; each grows the one "
+                         "with the checkerboard halves coded in four channel groups, or that with a "
+                         "synthesis told the rate (per-level channel scales and shifts), or with an analysis "
+                         "told it too; each grows the one "
                          "before it from weights given to --init")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")

@@ -81,14 +81,15 @@ def test_a_grown_model_starts_as_the_model_it_grew_from(tmp_path, sample_rgb, ol
     assert meta["arch"] == arch
     assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
     x = api.to_tensor(sample_rgb[:64, :64], "cpu")
+    level = torch.tensor([2.0])
     with torch.no_grad():
         y = old.analysis(x)
         assert torch.equal(new.analysis(x), y)
-        assert torch.equal(new.synthesis(y), old.synthesis(y))
+        assert torch.equal(new.synthesis(y, level), old.synthesis(y, level))
         for name in blocks:  # and the new blocks are on the path
             new.get_submodule(name).body[-1].bias.add_(0.1)
         assert not torch.equal(new.analysis(x), y)
-        assert not torch.equal(new.synthesis(y), old.synthesis(y))
+        assert not torch.equal(new.synthesis(y, level), old.synthesis(y, level))
 
 
 def test_a_widened_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
@@ -159,6 +160,46 @@ def test_channel_groups_start_as_the_model_they_grew_from(tmp_path, sample_rgb):
         s_new, m_new, _ = new.latent_prior(y, hyper)
         assert not torch.allclose(m_new[:, 8:24], m_old[:, 8:24], atol=1e-4)
         torch.testing.assert_close(m_new[:, :8], m_old[:, :8])
+
+
+def test_a_synthesis_told_the_rate_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
+    """checkerboard-cond grown from checkerboard-groups weights: its per-level tables start at the
+    identity, so it decodes what the old model did at every level; a row moved changes the levels
+    around it only (the tables are interpolated between neighbouring levels)."""
+    from codec import api
+    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-groups", "--M", "32"],
+                           ["--arch", "checkerboard-cond", "--M", "32"])
+    assert meta["arch"] == "checkerboard-cond"
+    assert new.synthesis_log_scale.shape == (new.n_levels, 3 * new.T)
+    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
+    levels = [torch.tensor([v]) for v in (0.0, 2.5, 5.0, 7.0)]
+    with torch.no_grad():
+        y_hats = [torch.round(old.analyse(x, level)[0]) for level in levels]
+        for level, y_hat in zip(levels, y_hats):
+            assert torch.equal(new.synthesise(y_hat, level), old.synthesise(y_hat, level))
+        new.synthesis_shift[5, -new.T:].add_(0.05)  # level 5's shift after the last inverse GDN
+        moved = [not torch.allclose(new.synthesise(y_hat, level), old.synthesise(y_hat, level), atol=1e-4)
+                 for level, y_hat in zip(levels, y_hats)]
+    assert moved == [False, False, True, False]
+
+
+def test_an_analysis_told_the_rate_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
+    """checkerboard-cond2 grown from checkerboard-cond weights: the same latents at every level until
+    its tables move; its rate-free part, computed once, serves every level as a rate search uses it."""
+    from codec import api
+    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-cond", "--M", "32"],
+                           ["--arch", "checkerboard-cond2", "--M", "32"])
+    assert meta["arch"] == "checkerboard-cond2"
+    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
+    levels = [torch.tensor([v]) for v in (0.0, 3.0, 6.5)]
+    with torch.no_grad():
+        for level in levels:
+            torch.testing.assert_close(new.analyse(x, level), old.analyse(x, level), rtol=0, atol=0)
+        new.analysis_shift[3, :new.T].add_(0.05)  # level 3's shift after the second GDN
+        features = new.analysis(x)
+        moved = [not torch.allclose(new.analyse(x, level)[0], old.analyse(x, level)[0], atol=1e-4) for level in levels]
+        torch.testing.assert_close(new.analyse(x, levels[1], features), new.analyse(x, levels[1]))
+    assert moved == [False, True, False]
 
 
 def test_other_sizes_of_the_same_architecture_are_refused_as_init(tmp_path):

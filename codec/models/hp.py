@@ -81,24 +81,40 @@ class GainedMeanScaleHyperprior(nn.Module):
     # between the trained ones) and still load the trained ones' weights under their names.
 
     def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """The rate-free part of the analysis: computed once, it serves every level (a rate search)."""
         return self.g_a(x)
 
-    def synthesis(self, y: torch.Tensor) -> torch.Tensor:
+    def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """analysis(x) -> y before its gain, at rates `level` (B,): the rest of the analysis, for an
+        architecture whose analysis is told the rate (none here)."""
+        return features
+
+    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """y: the latent with its gain undone; level: (B,) rates, for an architecture whose synthesis
+        is told the rate (this one's is not)."""
         return self.g_s(y)
+
+    # Parameters with a row per trained level (interpolated between levels by level_rows):
+    # the gains, and in a subclass other tables; codec.train.transfer_gains carries them over
+    # to other lambdas.
+    GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
+    LEVEL_TABLES = GAIN_TABLES
+
+    def level_rows(self, table: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """table: (n_levels, C), level: (B,) floats in [0, n_levels-1] -> (B, C), interpolated
+        linearly between the two nearest trained levels."""
+        level = level.clamp(0, self.n_levels - 1)
+        lo = level.floor().long().clamp(max=self.n_levels - 2)
+        t = (level - lo.to(level.dtype))[:, None]
+        return (1 - t) * table[lo] + t * table[lo + 1]
 
     def gains(self, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """level: (B,) floats in [0, n_levels-1] -> four gain tensors shaped (B, C, 1, 1).
 
         Log-gains are interpolated linearly between the two nearest trained levels, so the
         gains themselves are interpolated geometrically and the rate moves smoothly."""
-        level = level.clamp(0, self.n_levels - 1)
-        lo = level.floor().long().clamp(max=self.n_levels - 2)
-        t = (level - lo.to(level.dtype))[:, None]
-        out = []
-        for table in (self.log_gain, self.log_inv_gain, self.log_hyper_gain, self.log_hyper_inv_gain):
-            log_g = (1 - t) * table[lo] + t * table[lo + 1]
-            out.append(torch.exp(log_g)[:, :, None, None])
-        return tuple(out)
+        return tuple(torch.exp(self.level_rows(getattr(self, name), level))[:, :, None, None]
+                     for name in self.GAIN_TABLES)
 
     def lambda_at(self, level: torch.Tensor) -> torch.Tensor:
         """(B,) continuous levels -> the lambda each was trained for, interpolated geometrically."""
@@ -140,7 +156,7 @@ class GainedMeanScaleHyperprior(nn.Module):
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
         gain, inv_gain, hgain, _ = self.gains(level)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
-            y = self.analysis(x)
+            y = self.analysis_head(self.analysis(x), level)
         y = y.float() * gain
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             z = self.h_a(y)
@@ -153,7 +169,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         scales, means, y_hat = self.latent_prior(y, hyper)
         _, y_likelihoods = self.gaussian_conditional(y, scales, means)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
-            x_hat = self.synthesis(y_hat * inv_gain)
+            x_hat = self.synthesis(y_hat * inv_gain, level)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # --- coding path (float latents in, float latents out; symbols are made in codec.entropy) ---
@@ -164,14 +180,14 @@ class GainedMeanScaleHyperprior(nn.Module):
         """x -> (gained y, gained z) ready for quantization. `features` = analysis(x) when already
         computed: it does not depend on the level, so a rate search reuses it."""
         gain, _, hgain, _ = self.gains(level)
-        y = (self.analysis(x) if features is None else features) * gain
+        y = self.analysis_head(self.analysis(x) if features is None else features, level) * gain
         z = self.h_a(y) * hgain
         return y, z
 
     @torch.no_grad()
     def synthesise(self, y_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         _, inv_gain, _, _ = self.gains(level)
-        return self.synthesis(y_hat * inv_gain).clamp(0, 1)
+        return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
     def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                    noise: torch.Generator | None = None) -> torch.Tensor:
@@ -194,7 +210,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         y_lik = gc._likelihood(noisy(y) if noise else y_hat, scales, means)
         bits = -(torch.log2(eb.likelihood_lower_bound(z_lik)).sum() + torch.log2(gc.likelihood_lower_bound(y_lik)).sum())
         h, w = x.shape[-2:]
-        x_hat = self.synthesis(y_hat * inv_gain)[..., :h, :w].clamp(0, 1)
+        x_hat = self.synthesis(y_hat * inv_gain, level)[..., :h, :w].clamp(0, 1)
         return self.lambda_at(level) * 255 ** 2 * (x_hat - x).pow(2).mean() + bits / (h * w)
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor, steps: int,
@@ -313,7 +329,7 @@ class GainedResidualCheckerboard(GainedCheckerboardHyperprior):
     def analysis(self, x: torch.Tensor) -> torch.Tensor:
         return self.g_a[self.SPLIT:](self.analysis_block(self.g_a[:self.SPLIT](x)))
 
-    def synthesis(self, y: torch.Tensor) -> torch.Tensor:
+    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         return self.g_s[self.SPLIT:](self.synthesis_block(self.g_s[:self.SPLIT](y)))
 
 
@@ -334,7 +350,7 @@ class GainedResidualCheckerboard2(GainedResidualCheckerboard):
         half = self.analysis_fine(self.g_a[:self.HALF](x))
         return self.g_a[self.SPLIT:](self.analysis_block(self.g_a[self.HALF:self.SPLIT](half)))
 
-    def synthesis(self, y: torch.Tensor) -> torch.Tensor:
+    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         half = self.g_s[self.SPLIT:-1](self.synthesis_block(self.g_s[:self.SPLIT](y)))
         return self.g_s[-1:](self.synthesis_fine(half))
 
@@ -458,3 +474,59 @@ class GainedGroupedCheckerboard(GainedWiderCheckerboard):
         scales = torch.cat([scales[:, :lo], scales[:, lo:hi] * torch.exp(log_factor), scales[:, hi:]], 1)
         means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
         return scales, means
+
+
+class GainedConditionedCheckerboard(GainedGroupedCheckerboard):
+    """checkerboard-groups with a synthesis told the rate: after each of g_s's three inverse GDNs the
+    channels are scaled and shifted by a row of per-level tables, interpolated between levels as the
+    gains are (a conditional autoencoder, Choi et al. 2019), +1,152 parameters per level. Why: one
+    synthesis decoded the coarse latents of the lowest rates and the fine ones of the highest alike,
+    and the top levels were the furthest behind BPG-444 (0.65-2.1 dB) while the middle led it. The
+    analysis stays rate-free, so a rate search still computes it once. The tables start at the
+    identity (log-scale 0, shift 0), so grown from checkerboard-groups weights the model codes as
+    they did."""
+
+    LEVEL_TABLES = GainedGroupedCheckerboard.LEVEL_TABLES + ("synthesis_log_scale", "synthesis_shift")
+
+    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
+        super().__init__(N, M, lambdas)
+        self.synthesis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 3 * self.T))
+        self.synthesis_shift = nn.Parameter(torch.zeros(self.n_levels, 3 * self.T))
+
+    def told(self, name: str, level: torch.Tensor):
+        """-> a function (h, i) -> h scaled and shifted by chunk i of the tables `name`_log_scale and
+        `name`_shift at rates `level`."""
+        scales = torch.exp(self.level_rows(getattr(self, f"{name}_log_scale"), level))
+        shifts = self.level_rows(getattr(self, f"{name}_shift"), level)
+        T = self.T
+        return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
+                             + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
+
+    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        told, g_s = self.told("synthesis", level), self.g_s  # g_s: checkerboard-res2's layers, in its order
+        h = told(g_s[2:4](told(g_s[:2](y), 0)), 1)  # told after inverse GDNs 0, 1 and 2
+        h = told(g_s[4:6](self.synthesis_block(h)), 2)
+        return g_s[6:](self.synthesis_fine(h))
+
+
+class GainedConditionedCheckerboard2(GainedConditionedCheckerboard):
+    """checkerboard-cond with an analysis told the rate too: after g_a's second and third GDNs, per-level
+    channel scales and shifts as in the synthesis. Why: with a rate-free analysis every rate codes the
+    same latent, only more or less finely (the gains); told the rate, the analysis can keep what that
+    rate can afford. The first half of g_a (up to the second GDN, two thirds of its arithmetic) stays
+    rate-free, so a rate search computes it once and only the rest per level. Starts at the identity,
+    as the synthesis tables did."""
+
+    LEVEL_TABLES = GainedConditionedCheckerboard.LEVEL_TABLES + ("analysis_log_scale", "analysis_shift")
+
+    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
+        super().__init__(N, M, lambdas)
+        self.analysis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 2 * self.T))
+        self.analysis_shift = nn.Parameter(torch.zeros(self.n_levels, 2 * self.T))
+
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g_a[self.HALF:self.SPLIT](self.analysis_fine(self.g_a[:self.HALF](x)))
+
+    def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        told = self.told("analysis", level)
+        return self.g_a[6:](told(self.g_a[4:6](self.analysis_block(told(features, 0))), 1))
