@@ -147,6 +147,28 @@ def test_context_architectures_code_losslessly_in_their_passes(tmp_path, sample_
     assert net.gaussian_conditional.likelihood_lower_bound.bound.item() > 0  # buffers survive export exactly
 
 
+def test_passes_sharing_a_memo_get_the_prior_each_would_compute_alone(sample_rgb):
+    """The grouped model computes each checkerboard half's prior once for its four groups: every pass
+    given the memo of the passes before it must get exactly the (scales, means) it computes afresh."""
+    from codec.models.hp import LAMBDAS
+    meta = {"family": "hp", "model_id": "hp", "arch": "checkerboard-groups", "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
+    torch.manual_seed(0)
+    net = zoo.build("hp", meta).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+        level = torch.tensor([3.5])
+        y, z = net.analyse(api.to_tensor(sample_rgb[:128, :192], "cpu"), level)
+        hyper = net.hyper_features(torch.round(z), level)
+        y_hat, memo = torch.zeros_like(y), {}
+        for step, mask in enumerate(net.latent_masks(y)):
+            shared, alone = net.latent_params(hyper, y_hat, step, memo), net.latent_params(hyper, y_hat, step, {})
+            assert all(torch.equal(a, b) for a, b in zip(shared, alone)), f"pass {step}"
+            y_hat = torch.where(mask, torch.round(y - shared[1]) + shared[1], y_hat)
+        assert len(memo) == 2  # one prior per checkerboard half
+
+
 def test_images_too_large_to_code_in_memory_are_refused_before_any_work(monkeypatch, sample_rgb):
     from codec.io import ImageReadError
     monkeypatch.setattr(api, "MAX_PIXELS", 100 * 100)

@@ -39,9 +39,9 @@ def compress(model, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tu
     hyper = model.hyper_features(z_hat, level)
     # One range-coder stream for y, pass after pass: a pass's prior may depend on earlier passes.
     enc = coder.Encoder()
-    y_hat = torch.zeros_like(y)
+    y_hat, memo = torch.zeros_like(y), {}
     for step, mask in enumerate(model.latent_masks(y)):
-        scales, means = model.latent_params(hyper, y_hat, step)
+        scales, means = model.latent_params(hyper, y_hat, step, memo)
         symbols = scalar.quantize(y, means)
         m = mask.expand_as(y)
         indexes = model.gaussian_conditional.build_indexes(scales)[m].cpu().numpy()
@@ -75,8 +75,9 @@ def decompress(model, packets: list[Packet], latent_hw: tuple[int, int], level: 
         raise BitstreamError("latent size does not match the image size in the header")
     y_hat = torch.zeros((1, model.M, h, w), dtype=torch.float32, device=hyper.device)
     dec = coder.Decoder(latent[0].payload) if latent else None
+    memo = {}
     for step, mask in enumerate(model.latent_masks(y_hat)):
-        scales, means = model.latent_params(hyper, y_hat, step)
+        scales, means = model.latent_params(hyper, y_hat, step, memo)
         m = mask.expand_as(y_hat)
         if dec is None:
             y_hat = torch.where(m, means, y_hat)

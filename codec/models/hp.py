@@ -135,19 +135,21 @@ class GainedMeanScaleHyperprior(nn.Module):
         """y: (B, M, h, w) -> one bool mask (1, 1, h, w) per coding pass; together they cover y once."""
         return [torch.ones((1, 1) + tuple(y.shape[2:]), dtype=torch.bool, device=y.device)]
 
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 (scales, means) of every latent for pass `step`; y_hat holds the latents decoded so
-        far (zero elsewhere)."""
+        far (zero elsewhere); memo: a dict the caller keeps over one image's passes, in which a pass
+        may leave what a later one reuses."""
         scales, means = hyper.float().chunk(2, 1)
         return scales, means
 
     def latent_prior(self, y: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """All passes at once, as the decoder will run them -> (scales, means, y_hat), where y_hat is
         the rounded latent with a straight-through gradient."""
-        scales, means, y_hat = torch.zeros_like(y), torch.zeros_like(y), torch.zeros_like(y)
+        scales, means, y_hat, memo = torch.zeros_like(y), torch.zeros_like(y), torch.zeros_like(y), {}
         for step, mask in enumerate(self.latent_masks(y)):
             with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=y.is_cuda):
-                s, m = self.latent_params(hyper, y_hat, step)
+                s, m = self.latent_params(hyper, y_hat, step, memo)
             rounded = y + (torch.round(y - m) + m - y).detach()
             scales, means = torch.where(mask, s, scales), torch.where(mask, m, means)
             y_hat = torch.where(mask, rounded, y_hat)
@@ -278,7 +280,8 @@ class GainedCheckerboardHyperprior(GainedMeanScaleHyperprior):
         anchor = self.anchors(y)
         return [anchor, ~anchor]
 
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         # Anchors see no context; at step 1, y_hat holds exactly the decoded anchors. The first 2B
         # hyper channels are the checkerboard channels' (the first B of y).
         B = self.B
@@ -389,10 +392,11 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
         base = (torch.arange(self.M, device=y.device) < self.B)[None, :, None, None]
         return [anchor & base, other & base, ~base & (anchor | other)]
 
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         B = self.B
         if step < 2:  # a checkerboard pass: the extra channels' entries are not coded now (any value)
-            scales, means = super().latent_params(hyper, y_hat, step)
+            scales, means = super().latent_params(hyper, y_hat, step, memo)
             pad = scales.new_zeros((scales.shape[0], self.M - B) + scales.shape[2:])
             return torch.cat([scales, pad], 1), torch.cat([means, pad], 1)
         ctx = self.channel_context(y_hat[:, :B].to(hyper.dtype))
@@ -456,14 +460,18 @@ class GainedGroupedCheckerboard(GainedWiderCheckerboard):
         groups = [(c >= s[g]) & (c < s[g + 1]) for g in range(len(s) - 1)]
         return [half & group for half in (anchor, other) for group in groups] + [extra]
 
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         n_groups = len(self.group_starts) - 1
         if step == 2 * n_groups:  # the extra channels, after every checkerboard channel
-            return super().latent_params(hyper, y_hat, 2)
+            return super().latent_params(hyper, y_hat, 2, memo)
         half, g = divmod(step, n_groups)
-        # The old checkerboard prior of every channel; its spatial context sees the anchors only.
-        anchor_only = torch.where(self.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
-        scales, means = super().latent_params(hyper, anchor_only, half)
+        # The old checkerboard prior of every channel, the same for each group of a half: its spatial
+        # context sees the anchors only, all of them decoded before the second half's first group.
+        if ("checkerboard", half) not in memo:
+            anchor_only = torch.where(self.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
+            memo["checkerboard", half] = super().latent_params(hyper, anchor_only, half, memo)
+        scales, means = memo["checkerboard", half]
         if g == 0:
             return scales, means
         lo, hi = self.group_starts[g], self.group_starts[g + 1]
