@@ -119,6 +119,20 @@ def test_conceal_cannot_recover_a_lost_hyper_packet(sample_rgb):
         api.decode_rgb(bytes(data), conceal=True)
 
 
+def _untrained(arch: str):
+    """A small hp model of `arch`, seeded, whose zero-started layers (residual blocks, group heads) are
+    given weights so every path takes part -> (model, its metadata)."""
+    from codec.models.hp import LAMBDAS
+    meta = {"family": "hp", "model_id": "hp", "arch": arch, "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
+    torch.manual_seed(0)
+    net = zoo.build("hp", meta).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    return net, meta
+
+
 @pytest.mark.parametrize("arch, passes", [("checkerboard", 2), ("checkerboard-res", 2), ("checkerboard-res2", 2),
                                           ("checkerboard-wide", 3), ("checkerboard-wider", 3),
                                           ("checkerboard-groups", 9)])
@@ -126,14 +140,7 @@ def test_context_architectures_code_losslessly_in_their_passes(tmp_path, sample_
     """An untrained context model, exported and reloaded as shipped weights would be: its multi-pass
     coding must give back exactly the encoder's quantized latents. Layers that start at zero (residual
     blocks, the group heads) are given weights first, so every path takes part."""
-    from codec.models.hp import LAMBDAS
-    meta = {"family": "hp", "model_id": "hp", "arch": arch, "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
-    torch.manual_seed(0)
-    net = zoo.build("hp", meta)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
+    net, meta = _untrained(arch)
     zoo.export(net, tmp_path / "cb.safetensors", meta)
     net, _ = zoo.load_file(tmp_path / "cb.safetensors")
     masks = net.latent_masks(torch.zeros(1, 48, 4, 4))
@@ -150,14 +157,8 @@ def test_context_architectures_code_losslessly_in_their_passes(tmp_path, sample_
 def test_passes_sharing_a_memo_get_the_prior_each_would_compute_alone(sample_rgb):
     """The grouped model computes each checkerboard half's prior once for its four groups: every pass
     given the memo of the passes before it must get exactly the (scales, means) it computes afresh."""
-    from codec.models.hp import LAMBDAS
-    meta = {"family": "hp", "model_id": "hp", "arch": "checkerboard-groups", "N": 32, "M": 48, "lambdas": list(LAMBDAS)}
-    torch.manual_seed(0)
-    net = zoo.build("hp", meta).eval()
+    net, _ = _untrained("checkerboard-groups")
     with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
         level = torch.tensor([3.5])
         y, z = net.analyse(api.to_tensor(sample_rgb[:128, :192], "cpu"), level)
         hyper = net.hyper_features(torch.round(z), level)
