@@ -231,14 +231,9 @@ def main(argv=None) -> None:
                     help="decay the lr linearly to this value over the last --decay-fraction of the budget")
     ap.add_argument("--decay-fraction", type=float, default=0.3)
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
-                    help="hp architecture: hyperprior alone, with a checkerboard context, that with a residual "
-                         "block in each transform, with two bottleneck blocks more in each at half resolution, "
-                         "that with a quarter more latent channels coded after the checkerboard passes "
-                         "(--M 256 from 192), that with transforms half as wide again (3N/2 channels), or that "
-                         "with the checkerboard halves coded in four channel groups, or that with a "
-                         "synthesis told the rate (per-level channel scales and shifts), or with an analysis "
-                         "told it too; each grows the one "
-                         "before it from weights given to --init")
+                    help="hp architecture, in the order each grew from the one before it (from weights given "
+                         "to --init); the class docstrings in codec/models/hp.py say what each adds and why. "
+                         "checkerboard-wide and later want --M 256, checkerboard-fine --M 320")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+",
