@@ -233,7 +233,7 @@ def main(argv=None) -> None:
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
                     help="hp architecture, in the order each grew from the one before it (from weights given "
                          "to --init); the class docstrings in codec/models/hp.py say what each adds and why. "
-                         "checkerboard-wide and later want --M 256, checkerboard-fine --M 320")
+                         "checkerboard-wide and later want --M 256")
     ap.add_argument("--weights-name", default=zoo.MODELS["hp"],
                     help="file name of the exported weights (default: the shipped hp model's)")
     ap.add_argument("--lambdas", type=float, nargs="+",

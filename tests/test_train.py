@@ -202,34 +202,6 @@ def test_an_analysis_told_the_rate_starts_as_the_model_it_grew_from(tmp_path, sa
     assert moved == [False, True, False]
 
 
-def test_a_finer_latent_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
-    """checkerboard-fine grown from checkerboard-cond2 weights: the new channels start at zero in the
-    analysis and the hyper analysis, so the latent, z, the old channels' prior and the reconstruction
-    are the old model's exactly; they lie on the synthesis path already and on the analysis's once
-    training moves its new weights, and are coded in a pass of their own after all the others."""
-    from codec import api
-    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-cond2", "--M", "32"],
-                           ["--arch", "checkerboard-fine", "--M", "40"])
-    assert (meta["arch"], new.M, new.F, new.B) == ("checkerboard-fine", 40, 8, 24)
-    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
-    level = torch.tensor([4.5])
-    with torch.no_grad():
-        (y_old, z_old), (y_new, z_new) = old.analyse(x, level), new.analyse(x, level)
-        assert torch.equal(y_new[:, :32], y_old) and torch.equal(z_new, z_old)
-        assert not y_new[:, 32:].any()
-        hyper_old, hyper_new = old.hyper_features(torch.round(z_old), level), new.hyper_features(torch.round(z_old), level)
-        s_old, m_old, y_hat = old.latent_prior(y_old, hyper_old)
-        s_new, m_new, y_hat_new = new.latent_prior(y_new, hyper_new)
-        assert torch.equal(s_new[:, :32], s_old) and torch.equal(m_new[:, :32], m_old)
-        assert torch.equal(new.synthesise(y_hat_new, level), old.synthesise(y_hat, level))
-        y_hat_new[:, 32:] = 1.0  # the new channels are on the synthesis path
-        assert not torch.allclose(new.synthesise(y_hat_new, level), old.synthesise(y_hat, level), atol=1e-3)
-        new.fine_analysis.weight.add_(0.01)  # and on the analysis's, once its weights move
-        assert new.analyse(x, level)[0][:, 32:].abs().sum() > 0
-    masks = new.latent_masks(y_new)
-    assert len(masks) == 10 and torch.equal(masks[-1].expand_as(y_new)[:, 32:], torch.ones_like(y_new[:, 32:], dtype=torch.bool))
-
-
 def test_other_sizes_of_the_same_architecture_are_refused_as_init(tmp_path):
     # Only the architectures that grow by plain extra channels may; a wider M elsewhere is no growth.
     _run(tmp_path / "a", "--arch", "checkerboard")

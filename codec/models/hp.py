@@ -124,10 +124,6 @@ class GainedMeanScaleHyperprior(nn.Module):
         t = level - lo
         return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
 
-    def hyper_analysis(self, y: torch.Tensor) -> torch.Tensor:
-        """Gained y -> z before its gain."""
-        return self.h_a(y)
-
     def hyper_features(self, z_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """Decoded z (gained) at rate `level` -> the features the latent prior is computed from."""
         return self.h_s(z_hat * self.gains(level)[3])
@@ -165,7 +161,7 @@ class GainedMeanScaleHyperprior(nn.Module):
             y = self.analysis_head(self.analysis(x), level)
         y = y.float() * gain
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
-            z = self.hyper_analysis(y)
+            z = self.h_a(y)
         # Likelihoods stay in float32: bf16 would blur the rate term.
         z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * hgain)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
@@ -187,7 +183,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         computed: it does not depend on the level, so a rate search reuses it."""
         gain, _, hgain, _ = self.gains(level)
         y = self.analysis_head(self.analysis(x) if features is None else features, level) * gain
-        z = self.hyper_analysis(y) * hgain
+        z = self.h_a(y) * hgain
         return y, z
 
     @torch.no_grad()
@@ -514,13 +510,9 @@ class GainedConditionedCheckerboard(GainedGroupedCheckerboard):
         return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
                              + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
 
-    def synthesis_entry(self, y: torch.Tensor) -> torch.Tensor:
-        """The latent (gain undone) -> g_s's first deconvolution's output, before its inverse GDN."""
-        return self.g_s[0](y)
-
     def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         told, g_s = self.told("synthesis", level), self.g_s  # g_s: checkerboard-res2's layers, in its order
-        h = told(g_s[2:4](told(g_s[1](self.synthesis_entry(y)), 0)), 1)  # told after inverse GDNs 0, 1 and 2
+        h = told(g_s[2:4](told(g_s[:2](y), 0)), 1)  # told after inverse GDNs 0, 1 and 2
         h = told(g_s[4:6](self.synthesis_block(h)), 2)
         return g_s[6:](self.synthesis_fine(h))
 
@@ -545,77 +537,4 @@ class GainedConditionedCheckerboard2(GainedConditionedCheckerboard):
 
     def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         told = self.told("analysis", level)
-        return self.analysis_exit(told(self.g_a[4:6](self.analysis_block(told(features, 0))), 1))
-
-    def analysis_exit(self, h: torch.Tensor) -> torch.Tensor:
-        """g_a's last features -> the latent: its last convolution."""
-        return self.g_a[6](h)
-
-
-class GainedFineCheckerboard(GainedConditionedCheckerboard2):
-    """checkerboard-cond2 with a fifth more latent channels for the top rates (M = 320, the first 256
-    checkerboard-cond2's), coded in a tenth pass after all the others: their prior comes from a new
-    head on the hyper synthesis's last features and a 3x3 channel context over every decoded channel.
-
-    Why: at the top levels the transforms, not the quantizer, were the ceiling. Decoding level 12's
-    unrounded latent gained only 0.5-0.6 dB over the rounded one (40.4 dB on 9 training crops, 41.5 on
-    8 Kodak images, hp-cbc2-v2), and on textured images it stayed under a 16x16-block PCA that keeps as
-    many coefficients (kodim01 39.7 vs 41.9 dB, kodim13 35.1 vs 37.8), a PCA that 320 coefficients
-    lift by 6.5 dB. checkerboard-wide's extra channels started random in the analysis and at zero in
-    the synthesis: costing bits before they could lower the distortion, they became features predicted
-    from the other channels and carried almost none. These start the other way round: zero in the
-    analysis (nothing to code, the rate's gradient at zero is nil) and random in the synthesis (bias
-    zero), so the distortion's gradient reaches them first. Grown from checkerboard-cond2 weights the
-    model decodes exactly as they did; the new channels cost a few bits an image (zeros under the
-    smallest scale) until training opens them."""
-
-    def __init__(self, N: int = 128, M: int = 320, lambdas: tuple[float, ...] = LAMBDAS):
-        F = M // 5
-        super().__init__(N, M - F, lambdas)
-        self.M, self.F, T = M, F, self.T
-        # The fresh log-gain tables are alike across channels: the new columns take the first F.
-        for name in ("log_gain", "log_inv_gain"):
-            table = getattr(self, name)
-            setattr(self, name, nn.Parameter(torch.cat([table, table[:, :F]], 1).detach()))
-        self.fine_analysis = conv(T, F)
-        self.fine_hyper_analysis = conv(F, N, 3, 1)
-        self.fine_synthesis = deconv(F, T)
-        self.fine_hyper = conv(N, 2 * F, 3, 1)
-        self.fine_context = conv(M - F, 2 * F, 3, 1)
-        self.fine_parameters = nn.Sequential(
-            nn.Conv2d(4 * F, 3 * F, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(3 * F, 2 * F, 1))
-        for layer in (self.fine_analysis, self.fine_hyper_analysis, self.fine_parameters[-1]):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.fine_synthesis.bias)
-
-    def analysis_exit(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.g_a[6](h), self.fine_analysis(h)], 1)
-
-    def synthesis_entry(self, y: torch.Tensor) -> torch.Tensor:
-        base = self.M - self.F
-        return self.g_s[0](y[:, :base]) + self.fine_synthesis(y[:, base:])
-
-    def hyper_analysis(self, y: torch.Tensor) -> torch.Tensor:
-        base = self.M - self.F
-        return self.h_a[1:](self.h_a[0](y[:, :base]) + self.fine_hyper_analysis(y[:, base:]))
-
-    def hyper_features(self, z_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        features = self.h_s[:-1](z_hat * self.gains(level)[3])
-        return torch.cat([self.h_s[-1](features), self.fine_hyper(features)], 1)
-
-    def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        fine = (torch.arange(self.M, device=y.device) >= self.M - self.F)[None, :, None, None]
-        return [mask & ~fine for mask in super().latent_masks(y)] + [fine.expand(1, -1, *y.shape[2:])]
-
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        base = self.M - self.F
-        if step < 2 * (len(self.group_starts) - 1) + 1:  # checkerboard-cond2's passes, its hyper channels
-            scales, means = super().latent_params(hyper[:, :2 * base], y_hat, step, memo)
-            pad = scales.new_zeros((scales.shape[0], self.M - scales.shape[1]) + scales.shape[2:])
-            return torch.cat([scales, pad], 1), torch.cat([means, pad], 1)
-        ctx = self.fine_context(y_hat[:, :base].to(hyper.dtype))
-        scales, means = self.fine_parameters(torch.cat([hyper[:, 2 * base:], ctx], 1)).float().chunk(2, 1)
-        pad = scales.new_zeros((scales.shape[0], base) + scales.shape[2:])
-        return torch.cat([pad, scales], 1), torch.cat([pad, means], 1)
+        return self.g_a[6:](told(self.g_a[4:6](self.analysis_block(told(features, 0))), 1))
