@@ -191,13 +191,14 @@ class GainedMeanScaleHyperprior(nn.Module):
         _, inv_gain, _, _ = self.gains(level)
         return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
-    def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
-                   noise: torch.Generator | None = None) -> torch.Tensor:
-        """Rate-distortion loss of the gained latents (y, z) of image x (1, 3, h, w; unpadded) as the
-        coder will code them: z and y rounded (straight-through), bits from the discrete priors the
-        coder's tables are built from, lambda * 255^2 * MSE + bits per pixel, as in training.
-        noise: a generator of uniform noise for the bits of the latents plus noise instead, training's
-        surrogate, which has a gradient to follow downhill (seeded by the caller: same bytes each run)."""
+    def coded_terms(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
+                    noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image,
+        from the discrete priors the coder's tables are built from; the decoded picture, padded as
+        y is). z and y are rounded (straight-through) for the picture and, without `noise`, for the
+        bits. noise: a generator of uniform noise for the bits of the latents plus noise instead,
+        training's surrogate, which has a gradient to follow downhill (seeded by the caller: same
+        bytes each run)."""
         _, inv_gain, _, _ = self.gains(level)
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
@@ -206,14 +207,23 @@ class GainedMeanScaleHyperprior(nn.Module):
         def noisy(t):
             return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
 
-        z_rate = noisy(z) if noise else z_hat
-        z_lik, _, _ = eb._likelihood(z_rate.transpose(0, 1).reshape(z.shape[1], 1, -1))
+        # The factorized prior takes (channels, 1, values): each channel's values of every image.
+        b, c = z.shape[:2]
+        z_lik, _, _ = eb._likelihood((noisy(z) if noise else z_hat).transpose(0, 1).reshape(c, 1, -1))
+        z_bits = torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
         scales, means, y_hat = self.latent_prior(y, self.hyper_features(z_hat, level))
         y_lik = gc._likelihood(noisy(y) if noise else y_hat, scales, means)
-        bits = -(torch.log2(eb.likelihood_lower_bound(z_lik)).sum() + torch.log2(gc.likelihood_lower_bound(y_lik)).sum())
+        y_bits = torch.log2(gc.likelihood_lower_bound(y_lik)).sum(dim=(1, 2, 3))
+        return -(z_bits + y_bits), self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
+
+    def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
+                   noise: torch.Generator | None = None) -> torch.Tensor:
+        """Rate-distortion loss of the gained latents (y, z) of image x (1, 3, h, w; unpadded) as the
+        coder will code them (`coded_terms`, noise as there): lambda * 255^2 * MSE + bits per pixel,
+        as in training."""
         h, w = x.shape[-2:]
-        x_hat = self.synthesis(y_hat * inv_gain, level)[..., :h, :w].clamp(0, 1)
-        return self.lambda_at(level) * 255 ** 2 * (x_hat - x).pow(2).mean() + bits / (h * w)
+        bits, x_hat = self.coded_terms(y, z, level, noise)
+        return self.lambda_at(level) * 255 ** 2 * (x_hat[..., :h, :w] - x).pow(2).mean() + bits.sum() / (h * w)
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor, steps: int,
                lr: float = 0.003, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
