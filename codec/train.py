@@ -202,7 +202,7 @@ def validate(model, images: torch.Tensor) -> list[dict]:
     rows = []
     for level in range(model.n_levels):
         lv = torch.full((x.shape[0],), float(level), device=x.device)
-        bits, x_hat = model.coded_terms(*model.analyse(x, lv), lv)
+        bits, x_hat, _ = model.coded_terms(*model.analyse(x, lv), lv)
         bpp = bits / (x.shape[2] * x.shape[3])
         psnr = (10 * torch.log10(1 / (x_hat - x).pow(2).mean(dim=(1, 2, 3)))).mean().item()
         rows.append({"level": level, "bpp": round(bpp.mean().item(), 4), "psnr": round(psnr, 3)})

@@ -192,38 +192,42 @@ class GainedMeanScaleHyperprior(nn.Module):
         return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
     def coded_terms(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
-                    noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image,
         from the discrete priors the coder's tables are built from; the decoded picture, padded as
-        y is). z and y are rounded (straight-through) for the picture and, without `noise`, for the
-        bits. noise: a generator of uniform noise for the bits of the latents plus noise instead,
-        training's surrogate, which has a gradient to follow downhill (seeded by the caller: same
-        bytes each run)."""
+        y is; with `noise`, each image's bits of the latents plus uniform noise, else None). z and y
+        are rounded (straight-through). noise: a generator for the noisy bits, training's surrogate,
+        which has a gradient to follow downhill where the rounded bits have none (seeded by the
+        caller: same bytes each run)."""
         _, inv_gain, _, _ = self.gains(level)
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
         z_hat = z + (torch.round(z - medians) + medians - z).detach()
-
-        def noisy(t):
-            return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
-
-        # The factorized prior takes (channels, 1, values): each channel's values of every image.
-        b, c = z.shape[:2]
-        z_lik, _, _ = eb._likelihood((noisy(z) if noise else z_hat).transpose(0, 1).reshape(c, 1, -1))
-        z_bits = torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
         scales, means, y_hat = self.latent_prior(y, self.hyper_features(z_hat, level))
-        y_lik = gc._likelihood(noisy(y) if noise else y_hat, scales, means)
-        y_bits = torch.log2(gc.likelihood_lower_bound(y_lik)).sum(dim=(1, 2, 3))
-        return -(z_bits + y_bits), self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
+        b, c = z.shape[:2]
+
+        def bits(z_values: torch.Tensor, y_values: torch.Tensor) -> torch.Tensor:
+            # The factorized prior takes (channels, 1, values): each channel's values of every image.
+            z_lik, _, _ = eb._likelihood(z_values.transpose(0, 1).reshape(c, 1, -1))
+            y_lik = gc._likelihood(y_values, scales, means)
+            return -(torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
+                     + torch.log2(gc.likelihood_lower_bound(y_lik)).sum(dim=(1, 2, 3)))
+
+        surrogate = None
+        if noise is not None:
+            z_noisy = z + torch.rand(z.shape, generator=noise, device=z.device) - 0.5
+            surrogate = bits(z_noisy, y + torch.rand(y.shape, generator=noise, device=y.device) - 0.5)
+        return bits(z_hat, y_hat), self.synthesis(y_hat * inv_gain, level).clamp(0, 1), surrogate
 
     def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
-                   noise: torch.Generator | None = None) -> torch.Tensor:
+                   noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rate-distortion loss of the gained latents (y, z) of image x (1, 3, h, w; unpadded) as the
-        coder will code them (`coded_terms`, noise as there): lambda * 255^2 * MSE + bits per pixel,
-        as in training."""
+        coder will code them (`coded_terms`): lambda * 255^2 * MSE + bits per pixel, as in training;
+        with `noise`, also the same loss with the noisy bits (else None)."""
         h, w = x.shape[-2:]
-        bits, x_hat = self.coded_terms(y, z, level, noise)
-        return self.lambda_at(level) * 255 ** 2 * (x_hat[..., :h, :w] - x).pow(2).mean() + bits.sum() / (h * w)
+        bits, x_hat, noisy_bits = self.coded_terms(y, z, level, noise)
+        distortion = self.lambda_at(level) * 255 ** 2 * (x_hat[..., :h, :w] - x).pow(2).mean()
+        return distortion + bits.sum() / (h * w), None if noise is None else distortion + noisy_bits.sum() / (h * w)
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor, steps: int,
                lr: float = 0.003, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,9 +235,9 @@ class GainedMeanScaleHyperprior(nn.Module):
         rate-distortion loss of what will really be coded (`coded_loss` over the top-left `size`
         pixels, the image without its padding). Adam follows the noisy loss the model was trained on
         (straight-through rounding diverges: the rate's gradient at a rounded latent keeps pushing
-        while nothing moves), its step decaying to zero on a cosine. Returns the (y, z), of the steps
-        tried, whose coded loss was lowest: never worse than where it started. The decoder needs
-        nothing of this."""
+        while nothing moves), its step decaying to zero on a cosine; one forward pass a step gives
+        both losses. Returns the (y, z), of the steps tried, whose coded loss was lowest: never
+        worse than where it started. The decoder needs nothing of this."""
         h, w = size or x.shape[-2:]
         x = x[..., :h, :w]
         best, best_loss = (y, z), float("inf")
@@ -242,13 +246,12 @@ class GainedMeanScaleHyperprior(nn.Module):
         noise = torch.Generator(device=y.device).manual_seed(0)
         with torch.enable_grad():
             for step in range(steps + 1):
-                with torch.no_grad():
-                    loss = self.coded_loss(x, y, z, level).item()
-                if loss < best_loss:
-                    best, best_loss = (y.detach().clone(), z.detach().clone()), loss
+                with torch.set_grad_enabled(step < steps):  # the last latents are measured, not moved
+                    loss, surrogate = self.coded_loss(x, y, z, level, noise=noise if step < steps else None)
+                if loss.item() < best_loss:
+                    best, best_loss = (y.detach().clone(), z.detach().clone()), loss.item()
                 if step == steps:
                     break
-                surrogate = self.coded_loss(x, y, z, level, noise=noise)
                 y.grad, z.grad = torch.autograd.grad(surrogate, (y, z))  # the latents' gradients, not the weights'
                 for g in opt.param_groups:
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
