@@ -216,10 +216,10 @@ class GainedMeanScaleHyperprior(nn.Module):
             return -(torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
                      + torch.log2(gc.likelihood_lower_bound(y_lik)).sum(dim=(1, 2, 3)))
 
-        surrogate = None
-        if noise is not None:
-            z_noisy = z + torch.rand(z.shape, generator=noise, device=z.device) - 0.5
-            surrogate = bits(z_noisy, y + torch.rand(y.shape, generator=noise, device=y.device) - 0.5)
+        def noisy(t: torch.Tensor) -> torch.Tensor:
+            return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
+
+        surrogate = None if noise is None else bits(noisy(z), noisy(y))
         return bits(z_hat, y_hat), self.synthesis(y_hat * inv_gain, level).clamp(0, 1), surrogate
 
     def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
@@ -256,7 +256,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         with torch.enable_grad():
             for step in range(steps + 1):
                 with torch.set_grad_enabled(step < steps):  # the last latents are measured, not moved
-                    loss, surrogate = self.coded_loss(x, y, z, level, noise=noise if step < steps else None)
+                    loss, surrogate = self.coded_loss(x, y, z, level, noise)
                 if loss.item() < best_loss:
                     best, best_loss = (y.detach().clone(), z.detach().clone()), loss.item()
                 if step == steps:
