@@ -34,15 +34,15 @@ FAMILIES = {"hp": (train.validate, 64, lambda model, r: f"lambda {model.lambdas[
                    ("psnr", "ms_ssim", "bits"))}
 
 
-def measure(path: Path, images: list[np.ndarray]) -> tuple[str, dict]:
+def measure(path: Path, images: list[np.ndarray], device: str = "cpu") -> tuple[str, dict]:
     """Weights file -> (family, {operating point: {metric: mean over images}})."""
-    model, meta = zoo.load_file(path)
+    model, meta = zoo.load_file(path, device)
     validate, block, point, metrics = FAMILIES[meta["family"]]
     rows: dict[str, list[dict]] = {}
     with torch.no_grad():
         for im in images:
             h, w = im.shape[0] // block * block, im.shape[1] // block * block
-            x = torch.from_numpy(np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)))[None]
+            x = torch.from_numpy(np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)))[None].to(device)
             for r in validate(model, x):
                 rows.setdefault(point(model, r), []).append(r)
     return meta["family"], {p: {m: float(np.mean([r[m] for r in rs])) for m in metrics if m in rs[0]}
@@ -58,11 +58,13 @@ def main() -> None:
     ap.add_argument("old", type=Path)
     ap.add_argument("new", type=Path)
     ap.add_argument("--images", type=Path, nargs="+", required=True, help="folders of images neither model trained on")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the models run (cuda: a quick check inside a GPU call; choose weights on the CPU's figures)")
     args = ap.parse_args()
     images = [load_image(p) for root in args.images for p in find_images(root)]
     if not images:
         raise SystemExit(f"no images under {', '.join(map(str, args.images))}")
-    (fam_a, old), (fam_b, new) = measure(args.old, images), measure(args.new, images)
+    (fam_a, old), (fam_b, new) = measure(args.old, images, args.device), measure(args.new, images, args.device)
     if fam_a != fam_b or not old.keys() & new.keys():
         raise SystemExit(f"{args.old} and {args.new} share no operating point: not one family's weights")
     metrics = list(next(iter(old.values())))
