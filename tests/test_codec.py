@@ -232,9 +232,11 @@ def test_refine_lowers_the_real_coded_loss_and_estimates_it_closely(sample_rgb):
 
 
 def test_refined_files_decode_with_the_plain_decoder(sample_rgb):
-    # 6 steps: with 3, hp-cbr2-v1 found nothing better than the plain encoder's latents on this image
-    data = codec.encode(sample_rgb, quality=50, refine=6)
-    assert data != codec.encode(sample_rgb, quality=50)
-    assert data == codec.encode(sample_rgb, quality=50, refine=6)  # the search's noise is seeded
+    # Quality 75: on this 256² sample the search keeps the plain latents at some qualities (with
+    # hp-cbc2-v4 and 6 steps at 25 and 50, every step's coded loss was above the start), and at 75 it
+    # lowered the coded loss 0.7 %; the test needs a search that moved the latents.
+    data = codec.encode(sample_rgb, quality=75, refine=6)
+    assert data != codec.encode(sample_rgb, quality=75)
+    assert data == codec.encode(sample_rgb, quality=75, refine=6)  # the search's noise is seeded
     out = api.decode_rgb(data)
     assert out.shape == sample_rgb.shape and psnr(sample_rgb, out) > 26
