@@ -243,9 +243,9 @@ class GainedMeanScaleHyperprior(nn.Module):
         worse than where it started. The decoder needs nothing of this.
 
         lr: Adam's first step, by default REFINE_TRAVEL / steps: a step moves each latent about lr,
-        so the search reaches as far with few steps as with many (on the 12 stills,
+        so the search reaches as far with few steps as with many (on the 12 stills with hp-cbc2-v3,
         results/stills/hp-refine.md: 10 / 20 / 40 steps at lr 0.01 / 0.006 / 0.003 saved 2.19 /
-        2.53 / 2.80 % of the bits, 10 steps at 0.003 only 1.13 %)."""
+        2.53 / 2.80 % of the bits, 10 steps at 0.003 only 1.13 %; a warm-up did not help)."""
         lr = REFINE_TRAVEL / max(steps, 1) if lr is None else lr
         h, w = size or x.shape[-2:]
         x = x[..., :h, :w]
