@@ -230,7 +230,7 @@ def build_parser() -> Parser:
                        "Resumes from the CSV in --out.")
     s.add_argument("--dataset", type=Path, required=True, help="folder of images (e.g. Kodak)")
     s.add_argument("--codecs", default="hp,bpg444,vtm,jpeg,webp,avif,jxl,heif",
-                   help="comma-separated: hp, hp-refine, vq, vq-refine, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
+                   help="comma-separated: hp, hp-refine, hp-refine10, vq, vq-refine, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
                    "heif444, heif420, vtm (jpeg/avif/bpg/heif name both chroma formats)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--qualities", type=float, nargs="+", help="override every codec's quality list")
