@@ -205,17 +205,17 @@ HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
 # Steps of encoder-side search for the -refine codecs (each about two decodes of time), where the gain
 # levelled off on images no weights trained on. hp-refine10 keeps most of that gain (-2.2 of -2.8 % on
 # the stills, results/stills/hp-refine.md) in a quarter of the time, so that a CPU can sweep it.
-REFINE_STEPS = {"hp": 40, "hp10": 10, "vq": 20}
+REFINE_STEPS = {"hp-refine": 40, "hp-refine10": 10, "vq-refine": 20}
 
 CODECS: dict[str, CodecSpec] = {
     # Our models: one quality per operating point of the shipped weights (codec.api.model_qualities).
     "hp": CodecSpec(_model_qualities("hp"), _learned("hp"), version=_weights_version("hp")),
-    "hp-refine": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp"]),
+    "hp-refine": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp-refine"]),
                            version=_weights_version("hp")),
-    "hp-refine10": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp10"]),
+    "hp-refine10": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp-refine10"]),
                              version=_weights_version("hp")),
     "vq": CodecSpec(_model_qualities("vq"), _learned("vq"), version=_weights_version("vq")),
-    "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=REFINE_STEPS["vq"]),
+    "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=REFINE_STEPS["vq-refine"]),
                            version=_weights_version("vq")),
     "jpeg444": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG", subsampling=0)),
     "jpeg420": CodecSpec(list(range(5, 100, 5)), _pillow("JPEG")),
