@@ -229,9 +229,9 @@ def build_parser() -> Parser:
                        "write per-image CSV, CompressAI-layout JSON per codec, bdrate.md and RD plots. "
                        "Resumes from the CSV in --out.")
     s.add_argument("--dataset", type=Path, required=True, help="folder of images (e.g. Kodak)")
+    from codec.sweep import ALIASES, CODECS  # no torch: the parser stays quick to build
     s.add_argument("--codecs", default="hp,bpg444,vtm,jpeg,webp,avif,jxl,heif",
-                   help="comma-separated: hp, hp-refine, hp-refine10, vq, vq-refine, jpeg444, jpeg420, webp, avif444, avif420, bpg444, bpg420, jxl, "
-                   "heif444, heif420, vtm (jpeg/avif/bpg/heif name both chroma formats)")
+                   help=f"comma-separated: {', '.join(CODECS)} ({'/'.join(ALIASES)} name both chroma formats)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--qualities", type=float, nargs="+", help="override every codec's quality list")
     s.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")

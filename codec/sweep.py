@@ -414,6 +414,10 @@ def report(curves: dict[str, dict], out: Path) -> None:
         _plot(curves, anchors, out / "rd-lowrate.png", "ms-ssim-rgb", "MS-SSIM (RGB)", (0, 0.15), (0.6, 0.95))
 
 
+# Our codecs' curves stand out in fixed colours; the peers take matplotlib's cycle.
+OUR_COLOURS = {"hp": "black", "hp-refine": "dimgray", "hp-refine10": "gray", "vq": "crimson", "vq-refine": "darkorange"}
+
+
 def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, ylim: tuple) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -421,8 +425,7 @@ def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, yli
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     for name, c in curves.items():
         r = c["results"]
-        ours = {"hp": "black", "hp-refine": "dimgray", "hp-refine10": "gray", "vq": "crimson", "vq-refine": "darkorange"}
-        style = {"color": ours[name], "lw": 2.5, "zorder": 5} if name in ours else {"lw": 1.2}
+        style = {"color": OUR_COLOURS[name], "lw": 2.5, "zorder": 5} if name in OUR_COLOURS else {"lw": 1.2}
         ax.plot(r["bpp"], r[metric], "o-", ms=4, label=f"{name} (measured)", **style)
     for name, c in anchors.items():
         if name in curves or name not in ("bpg444", "vtm", "jpeg444", "webp", "avif444", "jxl", "heif444"):

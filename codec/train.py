@@ -150,7 +150,7 @@ def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def transfer_gains(src, dst) -> None:
+def transfer_level_tables(src, dst) -> None:
     """Copy the per-level tables of `src` (the log-gains, and any other of dst's LEVEL_TABLES src has)
     to `dst`, whose lambdas may differ: each of dst's levels takes src's rows interpolated
     (extrapolated beyond its ends) linearly in log lambda, the relation the gains start from (a
@@ -172,7 +172,7 @@ def grow_parameters(src, dst) -> None:
     lacks are dropped, new ones keep their fresh initialisation, and a parameter that grew (more
     channels) takes src's values in its leading block, its new channels left as initialised except
     where they enter an old channel: those weights are zeroed, so the old channels compute what they
-    did. Gains and the other per-level tables are carried over by transfer_gains."""
+    did. Gains and the other per-level tables are carried over by transfer_level_tables."""
     src_params = dict(src.named_parameters())
     modules = dict(dst.named_modules())
     for name, p in dst.named_parameters():
@@ -191,7 +191,7 @@ def grow_parameters(src, dst) -> None:
             index = [slice(None)] * p.dim()
             index[out_dim], index[in_dim] = slice(0, old.shape[out_dim]), slice(old.shape[in_dim], None)
             p[tuple(index)] = 0
-    transfer_gains(src, dst)
+    transfer_level_tables(src, dst)
 
 
 @torch.no_grad()

@@ -98,7 +98,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         return self.g_s(y)
 
     # Parameters with a row per trained level (interpolated between levels by level_rows):
-    # the gains, and in a subclass other tables; codec.train.transfer_gains carries them over
+    # the gains, and in a subclass other tables; codec.train.transfer_level_tables carries them over
     # to other lambdas.
     GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
     LEVEL_TABLES = GAIN_TABLES
