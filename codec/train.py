@@ -141,6 +141,16 @@ def scheduled_lr(lr: float, lr_final: float | None, decay_fraction: float, elaps
     return lr + frac * (lr_final - lr)
 
 
+def hard_terms(model, coded_terms, x: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (bpp, mse) of what the coder will really code (--hard): the frozen analysis's latents,
+    rounded, their bits from the discrete priors and the picture decoded from them (`coded_terms`,
+    the model's or its compiled twin)."""
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+        y, z = model.analyse(x, level)
+    bits, x_hat, _ = coded_terms(y.float(), z.float(), level)
+    return bits / (x.shape[2] * x.shape[3]), (x_hat - x).pow(2).mean(dim=(1, 2, 3))
+
+
 def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (bpp, mse) from a forward pass."""
     pixels = x.shape[2] * x.shape[3]
@@ -237,6 +247,9 @@ def main(argv=None) -> None:
                          f"--init weights, else {' '.join(map(str, LAMBDAS))})")
     ap.add_argument("--N", type=int, default=128)
     ap.add_argument("--M", type=int, default=192)
+    ap.add_argument("--hard", action="store_true",
+                    help="soft then hard (Guo et al. 2021): freeze the analysis and train the synthesis and the "
+                         "entropy model on rounded latents and their real bits instead of additive noise")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -254,7 +267,9 @@ def main(argv=None) -> None:
 
     meta = {"family": "hp", "model_id": "hp", "arch": args.arch, "N": args.N, "M": args.M, "lambdas": args.lambdas}
     model = zoo.build("hp", meta).to(dev).to(memory_format=torch.channels_last)
-    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    # --hard: the analysis is frozen, so the latents the decoder side trains on are the ones it will see.
+    main_params = [p for n, p in model.named_parameters()
+                   if not n.endswith(".quantiles") and not (args.hard and model.encoder_side(n))]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
@@ -262,6 +277,9 @@ def main(argv=None) -> None:
     full = args.ckpt / "state.pt"
     if full.exists():
         state = torch.load(full, map_location=dev)
+        if state.get("hard", False) != args.hard:
+            raise SystemExit(f"{full} was trained {'with' if state.get('hard') else 'without'} --hard: its "
+                             "optimizer state does not fit this call; start from --init with a fresh --ckpt")
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
@@ -278,6 +296,11 @@ def main(argv=None) -> None:
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
 
     fwd = torch.compile(model) if args.compile else model
+    coded = torch.compile(model.coded_terms) if args.compile else model.coded_terms
+
+    def rd_step(x: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return hard_terms(model, coded, x, level) if args.hard else rd_terms(fwd(x, level), x)
+
     gen = torch.Generator(device=dev)
     gen.manual_seed(1234 + step)
     log = TrainLog(args.out / "train-log.csv", ["loss", "bpp", "psnr", "aux"])
@@ -291,14 +314,13 @@ def main(argv=None) -> None:
         x = random_batch(train_images, args.batch, args.crop, gen, args.scale_min)
         level = torch.rand(args.batch, generator=gen, device=dev) * (len(args.lambdas) - 1)
         try:
-            out = fwd(x, level)
+            bpp, mse = rd_step(x, level)
         except Exception as e:  # a compiler failure must not cost the GPU call: fall back to eager
             if fwd is model:
                 raise
             print(f"torch.compile failed ({type(e).__name__}: {e}); running eager", flush=True)
-            fwd = model
-            out = fwd(x, level)
-        bpp, mse = rd_terms(out, x)
+            fwd, coded = model, model.coded_terms
+            bpp, mse = rd_step(x, level)
         loss = (model.lambda_at(level) * 255 ** 2 * mse + bpp).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -311,13 +333,13 @@ def main(argv=None) -> None:
         step += 1
         log.add(loss=loss, bpp=bpp.mean(), psnr=(10 * torch.log10(1 / mse.detach())).mean(), aux=aux)
         if step % args.log_every == 0:
-            log.write(step, gpu_seconds + time.time() - t0, opt.param_groups[0]["lr"])
+            log.write(step, gpu_seconds + (time.time() - t0 if dev == "cuda" else 0), opt.param_groups[0]["lr"])
     if dev == "cuda":  # a CPU smoke run must not count as GPU training
         gpu_seconds += time.time() - t0
     log.close()
 
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-             "step": step, "gpu_seconds": gpu_seconds}
+             "step": step, "gpu_seconds": gpu_seconds, "hard": args.hard}
     torch.save(state, args.ckpt / "state.tmp")
     os.replace(args.ckpt / "state.tmp", full)
 

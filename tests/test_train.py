@@ -232,3 +232,21 @@ def test_random_batch_rescales_regions_only_when_asked():
     steps = [step(x[..., 4:-4]) for x in scaled]
     assert max(steps) > 5 and all(3.9 < s < 8.1 for s in steps)
     assert all(torch.allclose(x, x[..., :1, :].expand_as(x), atol=1e-6) for x in scaled)  # rows stay alike
+
+
+def test_hard_training_moves_the_decoder_side_only_and_resumes_only_as_hard(tmp_path):
+    torch.manual_seed(0)
+    _run(tmp_path / "a", "--arch", "checkerboard-cond2", "--M", "32")
+    old, _ = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    rows = _run(tmp_path / "b", "--arch", "checkerboard-cond2", "--M", "32", "--hard", "--lr", "1e-3",
+                "--init", str(tmp_path / "a" / "out" / "t.safetensors"))
+    assert rows and all(float(r["bpp"]) > 0 and math.isfinite(float(r["psnr"])) for r in rows)
+    new, _ = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    new_params = dict(new.named_parameters())
+    moved = {n for n, p in old.named_parameters() if not torch.equal(p, new_params[n])}
+    encoder = {n for n, _ in old.named_parameters() if old.encoder_side(n)}
+    assert encoder and {"g_a.0.weight", "h_a.0.weight", "log_gain", "analysis_shift"} <= encoder
+    assert not moved & encoder  # the analysis is frozen
+    assert {"g_s.0.weight", "h_s.0.weight", "log_inv_gain"} <= moved  # the decoder side trained
+    with pytest.raises(SystemExit, match="--hard"):  # a hard checkpoint does not resume a soft call
+        _run(tmp_path / "b", "--arch", "checkerboard-cond2", "--M", "32")

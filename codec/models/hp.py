@@ -103,6 +103,12 @@ class GainedMeanScaleHyperprior(nn.Module):
     GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
     LEVEL_TABLES = GAIN_TABLES
 
+    @staticmethod
+    def encoder_side(name: str) -> bool:
+        """Whether parameter `name` serves the encoder alone (the analysis transforms and the gains into
+        y and z), so that the decoder and the entropy model can train on with it frozen."""
+        return name.split(".")[0] in ("g_a", "h_a", "log_gain", "log_hyper_gain") or name.startswith("analysis_")
+
     def level_rows(self, table: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """table: (n_levels, C), level: (B,) floats in [0, n_levels-1] -> (B, C), interpolated
         linearly between the two nearest trained levels."""
