@@ -141,11 +141,13 @@ def scheduled_lr(lr: float, lr_final: float | None, decay_fraction: float, elaps
     return lr + frac * (lr_final - lr)
 
 
-def hard_terms(model, coded_terms, x: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (bpp, mse) of what the coder will really code (--hard): the frozen analysis's latents,
-    rounded, their bits from the discrete priors and the picture decoded from them (`coded_terms`,
-    the model's or its compiled twin)."""
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+def hard_terms(model, coded_terms, x: torch.Tensor, level: torch.Tensor,
+               bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (bpp, mse) of what the coder will really code (--hard, validation): the analysis's
+    latents, rounded, their bits from the discrete priors and the picture decoded from them
+    (`coded_terms`, the model's or its compiled twin). `bf16` runs the analysis in bf16 on a GPU,
+    for training speed; validation keeps float32 so that its logs compare across runs."""
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16 and x.is_cuda):
         y, z = model.analyse(x, level)
     bits, x_hat, _ = coded_terms(y.float(), z.float(), level)
     return bits / (x.shape[2] * x.shape[3]), (x_hat - x).pow(2).mean(dim=(1, 2, 3))
@@ -212,9 +214,8 @@ def validate(model, images: torch.Tensor) -> list[dict]:
     rows = []
     for level in range(model.n_levels):
         lv = torch.full((x.shape[0],), float(level), device=x.device)
-        bits, x_hat, _ = model.coded_terms(*model.analyse(x, lv), lv)
-        bpp = bits / (x.shape[2] * x.shape[3])
-        psnr = (10 * torch.log10(1 / (x_hat - x).pow(2).mean(dim=(1, 2, 3)))).mean().item()
+        bpp, mse = hard_terms(model, model.coded_terms, x, lv, bf16=False)
+        psnr = (10 * torch.log10(1 / mse)).mean().item()
         rows.append({"level": level, "bpp": round(bpp.mean().item(), 4), "psnr": round(psnr, 3)})
     model.train()
     return rows
