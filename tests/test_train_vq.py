@@ -12,7 +12,7 @@ from tests.conftest import SAMPLES
 def _stage(tmp_path, stage, *extra):
     train_vq.main(["--stage", stage, "--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"),
                    "--out", str(tmp_path / "out"), "--minutes", "0.15", "--batch", "2", "--crop", "64",
-                   "--small", "--log-every", "2", "--workers", "1", *extra])
+                   "--small", "--log-every", "1", "--workers", "1", *extra])
     return zoo.load_file(tmp_path / "out" / "vq-v1.safetensors")
 
 
