@@ -235,12 +235,8 @@ def main(argv=None) -> None:
                     help="augmentation: crop regions up to --crop / this and resize them to --crop (1: off)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lr-final", type=float, default=None,
-                    help="decay the lr linearly to this value over the last --decay-fraction of the budget "
-                         "(and --fresh-lr in proportion)")
+                    help="decay the lr linearly to this value over the last --decay-fraction of the budget")
     ap.add_argument("--decay-fraction", type=float, default=0.3)
-    ap.add_argument("--fresh-lr", type=float, default=None,
-                    help="lr of the parameters the --init weights lack (a grown architecture's new layers), "
-                         "decayed with --lr (default: --lr)")
     ap.add_argument("--arch", choices=zoo.ARCHITECTURES, default="mean-scale",
                     help="hp architecture, in the order each grew from the one before it (from weights given "
                          "to --init); the class docstrings in codec/models/hp.py say what each adds and why. "
@@ -272,42 +268,32 @@ def main(argv=None) -> None:
 
     meta = {"family": "hp", "model_id": "hp", "arch": args.arch, "N": args.N, "M": args.M, "lambdas": args.lambdas}
     model = zoo.build("hp", meta).to(dev).to(memory_format=torch.channels_last)
-    step, gpu_seconds, fresh = 0, 0.0, set()  # fresh: parameters the --init weights lacked (a growth)
+    # --hard: the analysis is frozen, so the latents the decoder side trains on are the ones it will see.
+    main_params = [p for n, p in model.named_parameters()
+                   if not n.endswith(".quantiles") and not (args.hard and model.encoder_side(n))]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.Adam(main_params, lr=args.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    step, gpu_seconds = 0, 0.0
     full = args.ckpt / "state.pt"
-    state = torch.load(full, map_location=dev) if full.exists() else None
-    if state is not None:
+    if full.exists():
+        state = torch.load(full, map_location=dev)
         if state.get("hard", False) != args.hard:
             raise SystemExit(f"{full} was trained {'with' if state.get('hard') else 'without'} --hard: its "
                              "optimizer state does not fit this call; start from --init with a fresh --ckpt")
         model.load_state_dict(state["model"], strict=False)
-        step, gpu_seconds, fresh = state["step"], state["gpu_seconds"], set(state.get("fresh", ()))
+        opt.load_state_dict(state["opt"])
+        aux_opt.load_state_dict(state["aux_opt"])
+        step, gpu_seconds = state["step"], state["gpu_seconds"]
         print(f"resumed full checkpoint at step {step}, {gpu_seconds / 60:.1f} GPU-min", flush=True)
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
         # Parameters only: buffers (tables, bounds) are export products or constants of the fresh model.
         grow_parameters(shipped, model)
-        fresh = {n for n, _ in model.named_parameters()} - {n for n, _ in shipped.named_parameters()}
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
         print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
-    # --hard: the analysis is frozen, so the latents the decoder side trains on are the ones it will see.
-    trained = [(n, p) for n, p in model.named_parameters()
-               if not n.endswith(".quantiles") and not (args.hard and model.encoder_side(n))]
-    main_params = [p for _, p in trained]
-    # A grown model's new layers start from scratch beside weights trained for hours: they may learn
-    # faster (--fresh-lr), on the same schedule.
-    fresh_lr = args.lr if args.fresh_lr is None else args.fresh_lr
-    groups = [g for g in ({"params": [p for n, p in trained if (n in fresh) == is_fresh], "base_lr": lr}
-                          for is_fresh, lr in ((False, args.lr), (True, fresh_lr))) if g["params"]]
-    opt = torch.optim.Adam(groups, lr=args.lr)
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
-    if state is not None:
-        opt.load_state_dict(state["opt"])  # its groups are these, in this order
-        aux_opt.load_state_dict(state["aux_opt"])
-    for g, ours in zip(opt.param_groups, groups):
-        g["lr"] = g["base_lr"] = ours["base_lr"]  # this call's lrs, not the checkpoint's
-    if fresh:
-        print(f"fresh parameters: {len(fresh)} tensors, lr {fresh_lr:g}", flush=True)
+    for g in opt.param_groups:
+        g["lr"] = args.lr
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
 
     fwd = torch.compile(model) if args.compile else model
@@ -321,13 +307,11 @@ def main(argv=None) -> None:
     log = TrainLog(args.out / "train-log.csv", ["loss", "bpp", "psnr", "aux"])
     # At least one step, also when loading took the whole budget (a smoke run on a busy machine).
     budget = max(args.minutes * 60 - (time.time() - start), 1.0)
-    decay_to = args.lr_final / args.lr if args.lr_final is not None and args.lr > 0 else None  # of each lr
     t0 = time.time()
     model.train()
     while (elapsed := time.time() - t0) < budget:
-        factor = scheduled_lr(1.0, decay_to, args.decay_fraction, elapsed, budget)
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
+            g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
         x = random_batch(train_images, args.batch, args.crop, gen, args.scale_min)
         level = torch.rand(args.batch, generator=gen, device=dev) * (len(args.lambdas) - 1)
         try:
@@ -350,13 +334,13 @@ def main(argv=None) -> None:
         step += 1
         log.add(loss=loss, bpp=bpp.mean(), psnr=(10 * torch.log10(1 / mse.detach())).mean(), aux=aux)
         if step % args.log_every == 0:
-            log.write(step, gpu_seconds + (time.time() - t0 if dev == "cuda" else 0), args.lr * factor)
+            log.write(step, gpu_seconds + (time.time() - t0 if dev == "cuda" else 0), opt.param_groups[0]["lr"])
     if dev == "cuda":  # a CPU smoke run must not count as GPU training
         gpu_seconds += time.time() - t0
     log.close()
 
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-             "step": step, "gpu_seconds": gpu_seconds, "hard": args.hard, "fresh": sorted(fresh)}
+             "step": step, "gpu_seconds": gpu_seconds, "hard": args.hard}
     torch.save(state, args.ckpt / "state.tmp")
     os.replace(args.ckpt / "state.tmp", full)
 

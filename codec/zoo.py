@@ -51,7 +51,6 @@ ARCHITECTURES = {
     "checkerboard-groups": "GainedGroupedCheckerboard",
     "checkerboard-cond": "GainedConditionedCheckerboard",
     "checkerboard-cond2": "GainedConditionedCheckerboard2",
-    "checkerboard-post": "GainedPostFilteredCheckerboard",
 }
 
 

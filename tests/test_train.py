@@ -202,42 +202,6 @@ def test_an_analysis_told_the_rate_starts_as_the_model_it_grew_from(tmp_path, sa
     assert moved == [False, True, False]
 
 
-def test_a_post_filter_starts_as_the_model_it_grew_from(tmp_path, sample_rgb):
-    """checkerboard-post grown from checkerboard-cond2 weights: the same latents, and the same picture
-    at every level until its correction moves."""
-    from codec import api
-    old, new, meta = _grow(tmp_path, ["--arch", "checkerboard-cond2", "--M", "32"],
-                           ["--arch", "checkerboard-post", "--M", "32"])
-    assert meta["arch"] == "checkerboard-post"
-    x = api.to_tensor(sample_rgb[:64, :64], "cpu")
-    levels = [torch.tensor([v]) for v in (0.0, 3.5, 7.0)]
-    with torch.no_grad():
-        for level in levels:
-            y, z = old.analyse(x, level)
-            torch.testing.assert_close(new.analyse(x, level), (y, z), rtol=0, atol=0)
-            assert torch.equal(new.synthesise(torch.round(y), level), old.synthesise(torch.round(y), level))
-        new.post_filter[-1].bias.add_(0.01)
-        y_hat = torch.round(y)
-        assert (new.synthesise(y_hat, level) - old.synthesise(y_hat, level)).abs().max() > 0.005
-
-
-def test_fresh_layers_learn_at_their_own_lr_and_resume_so(tmp_path):
-    """--lr 0 --fresh-lr: a grown model's new layers train and the weights it grew from stand still,
-    in the call that grows it and in the next, which resumes its checkpoint."""
-    torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", "checkerboard-cond2", "--M", "32")
-    init = tmp_path / "a" / "out" / "t.safetensors"
-    old, _ = zoo.load_file(init)
-    old_params = dict(old.named_parameters())
-    for call in range(2):
-        _run(tmp_path / "b", "--arch", "checkerboard-post", "--M", "32", "--hard", "--lr", "0",
-             "--fresh-lr", "1e-2", "--init", str(init))
-        new, _ = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
-        moved = {n for n, p in new.named_parameters() if n not in old_params or not torch.equal(p, old_params[n])}
-        assert moved and all(n.startswith("post_") or n.endswith(".quantiles") for n in moved), moved
-        assert "post_filter.2.weight" in moved  # the correction started at zero
-
-
 def test_other_sizes_of_the_same_architecture_are_refused_as_init(tmp_path):
     # Only the architectures that grow by plain extra channels may; a wider M elsewhere is no growth.
     _run(tmp_path / "a", "--arch", "checkerboard")
@@ -286,36 +250,3 @@ def test_hard_training_moves_the_decoder_side_only_and_resumes_only_as_hard(tmp_
     assert {"g_s.0.weight", "h_s.0.weight", "log_inv_gain"} <= moved  # the decoder side trained
     with pytest.raises(SystemExit, match="--hard"):  # a hard checkpoint does not resume a soft call
         _run(tmp_path / "b", "--arch", "checkerboard-cond2", "--M", "32")
-
-
-def test_a_post_filter_fit_on_cpu_moves_the_filter_alone_and_exports_its_best_epoch(tmp_path, sample_rgb):
-    """codec.train_post on a briefly trained small model: the filter learns what the frozen model gets
-    wrong (here, a lot; the held-out image is a copy of the training one, so what it learns carries
-    over), the rest of the weights are exported untouched, and the logs say so."""
-    from PIL import Image
-    from codec import train_post
-    torch.manual_seed(0)
-    _run(tmp_path / "a", "--arch", "checkerboard-cond2", "--M", "32")
-    init = tmp_path / "a" / "out" / "t.safetensors"
-    (tmp_path / "d").mkdir()
-    for name in ("a.png", "b.png"):
-        Image.fromarray(sample_rgb[:96, :96]).save(tmp_path / "d" / name)
-    train_post.main(["--data", str(tmp_path / "d"), "--init", str(init), "--out", str(tmp_path / "p"), "--samples", "16",
-                     "--crop", "64", "--lr", "1e-3", "--lr-final", "1e-3", "--minutes", "0.1", "--workers", "1",
-                     "--log-every", "2"])
-    old, _ = zoo.load_file(init)
-    new, meta = zoo.load_file(tmp_path / "p" / "hp-post.safetensors")
-    assert meta["arch"] == "checkerboard-post" and meta["post_fit"]["steps"] > 0
-    old_params = dict(old.named_parameters())
-    moved = {n for n, p in new.named_parameters() if n not in old_params or not torch.equal(p, old_params[n])}
-    assert "post_filter.2.weight" in moved and all(n.startswith("post_") for n in moved)
-    val = list(csv.DictReader(open(tmp_path / "p" / "val-log.csv")))
-    first = [r for r in val if r["step"] == "0"]
-    assert len(first) == new.n_levels and all(float(r["gain"]) == 0 for r in first)  # it starts as the identity
-    assert max(float(r["gain"]) for r in val) > 0
-    assert list(csv.DictReader(open(tmp_path / "p" / "train-log.csv")))
-    with pytest.raises(SystemExit, match="never beat"):  # at lr 0 nothing improves, so nothing is exported
-        train_post.main(["--data", str(tmp_path / "d"), "--init", str(init), "--out", str(tmp_path / "q"),
-                         "--samples", "8", "--crop", "64", "--lr", "0", "--lr-final", "0", "--minutes", "0.02",
-                         "--workers", "1"])
-    assert not (tmp_path / "q" / "hp-post.safetensors").exists()

@@ -200,13 +200,6 @@ class GainedMeanScaleHyperprior(nn.Module):
         _, inv_gain, _, _ = self.gains(level)
         return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
-    def decoded_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Gained latents (y, z) -> (z_hat, scales, means, y_hat): both rounded as the decoder will have
-        them (straight-through), z to its medians' grid, y around its prior's means."""
-        medians = self.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
-        z_hat = z + (torch.round(z - medians) + medians - z).detach()
-        return (z_hat, *self.latent_prior(y, self.hyper_features(z_hat, level)))
-
     def coded_terms(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                     noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image,
@@ -217,7 +210,9 @@ class GainedMeanScaleHyperprior(nn.Module):
         caller: same bytes each run)."""
         _, inv_gain, _, _ = self.gains(level)
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
-        z_hat, scales, means, y_hat = self.decoded_latents(y, z, level)
+        medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
+        z_hat = z + (torch.round(z - medians) + medians - z).detach()
+        scales, means, y_hat = self.latent_prior(y, self.hyper_features(z_hat, level))
         b, c = z.shape[:2]
 
         def bits(z_values: torch.Tensor, y_values: torch.Tensor) -> torch.Tensor:
@@ -534,24 +529,20 @@ class GainedConditionedCheckerboard(GainedGroupedCheckerboard):
         self.synthesis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 3 * self.T))
         self.synthesis_shift = nn.Parameter(torch.zeros(self.n_levels, 3 * self.T))
 
-    def told(self, name: str, level: torch.Tensor, width: int | None = None):
-        """-> a function (h, i) -> h scaled and shifted by chunk i (`width` channels, default T) of the
-        tables `name`_log_scale and `name`_shift at rates `level`."""
+    def told(self, name: str, level: torch.Tensor):
+        """-> a function (h, i) -> h scaled and shifted by chunk i of the tables `name`_log_scale and
+        `name`_shift at rates `level`."""
         scales = torch.exp(self.level_rows(getattr(self, f"{name}_log_scale"), level))
         shifts = self.level_rows(getattr(self, f"{name}_shift"), level)
-        T = width or self.T
+        T = self.T
         return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
                              + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
 
-    def synthesis_features(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """The half-resolution features g_s's last layer draws the picture from."""
+    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         told, g_s = self.told("synthesis", level), self.g_s  # g_s: checkerboard-res2's layers, in its order
         h = told(g_s[2:4](told(g_s[:2](y), 0)), 1)  # told after inverse GDNs 0, 1 and 2
         h = told(g_s[4:6](self.synthesis_block(h)), 2)
-        return self.synthesis_fine(h)
-
-    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        return self.g_s[6:](self.synthesis_features(y, level))
+        return g_s[6:](self.synthesis_fine(h))
 
 
 class GainedConditionedCheckerboard2(GainedConditionedCheckerboard):
@@ -575,40 +566,3 @@ class GainedConditionedCheckerboard2(GainedConditionedCheckerboard):
     def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         told = self.told("analysis", level)
         return self.g_a[6:](told(self.g_a[4:6](self.analysis_block(told(features, 0))), 1))
-
-
-class GainedPostFilteredCheckerboard(GainedConditionedCheckerboard2):
-    """checkerboard-cond2 with a full-resolution stage after the synthesis: g_s's last layer drew each
-    pixel as a linear function (a 5x5 transposed convolution) of half-resolution features, and at the
-    top rates, where hp was furthest behind BPG-444 (0.9 and 1.6 dB at the top two levels), the
-    transforms and not the quantizer were the ceiling. The stage reads the picture and POST features
-    unfolded from the half-resolution ones (1x1 convolution, pixel shuffle), runs two 3x3 convolutions
-    told the rate (per-level scales and shifts, as the synthesis is) and adds a 3x3 convolution's
-    correction to the picture. That last convolution starts at zero and the tables at the identity,
-    so grown from checkerboard-cond2 weights the model decodes as they did; the analysis and the
-    entropy model are unchanged, so the same latents and bits: codec.train's hard stage trains it with
-    the rest of the decoder side, codec.train_post alone on a CPU."""
-
-    POST = 48
-    LEVEL_TABLES = GainedConditionedCheckerboard2.LEVEL_TABLES + ("post_log_scale", "post_shift")
-
-    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        P = self.POST
-        self.post_features = nn.Sequential(conv(self.T, 4 * P, 1, 1), nn.PixelShuffle(2))
-        self.post_filter = nn.ModuleList([conv(3 + P, P, 3, 1), conv(P, P, 3, 1), conv(P, 3, 3, 1)])
-        nn.init.zeros_(self.post_filter[-1].weight)
-        nn.init.zeros_(self.post_filter[-1].bias)
-        self.post_log_scale = nn.Parameter(torch.zeros(self.n_levels, 2 * P))
-        self.post_shift = nn.Parameter(torch.zeros(self.n_levels, 2 * P))
-
-    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        features = self.synthesis_features(y, level)
-        return self.post(self.g_s[6:](features), features, level)
-
-    def post(self, x_hat: torch.Tensor, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """The picture g_s drew from the half-resolution `features`, corrected."""
-        told, (first, second, correction) = self.told("post", level, self.POST), self.post_filter
-        h = nn.functional.leaky_relu(told(first(torch.cat([x_hat, self.post_features(features)], 1)), 0))
-        h = nn.functional.leaky_relu(told(second(h), 1))
-        return x_hat + correction(h)
