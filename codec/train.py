@@ -153,42 +153,12 @@ def hard_terms(model, coded_terms, x: torch.Tensor, level: torch.Tensor,
     return bits / (x.shape[2] * x.shape[3]), (x_hat - x).pow(2).mean(dim=(1, 2, 3))
 
 
-def rd_terms(out: dict, x: torch.Tensor, rate_weight: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample (bpp, mse, the bpp the loss counts) from a forward pass. rate_weight (B, M): how
-    much each sample's latent channels' bits count in the loss (revival_weights); by default all."""
+def rd_terms(out: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (bpp, mse) from a forward pass."""
     pixels = x.shape[2] * x.shape[3]
-    logs = {k: torch.log(l) / -math.log(2) for k, l in out["likelihoods"].items()}
-    bits = sum(b.sum(dim=(1, 2, 3)) for b in logs.values())
-    counted = bits if rate_weight is None else \
-        bits - ((1 - rate_weight)[:, :, None, None] * logs["y"]).sum(dim=(1, 2, 3))
+    bits = sum(torch.log(l).sum(dim=(1, 2, 3)) for l in out["likelihoods"].values()) / -math.log(2)
     mse = (out["x_hat"] - x).pow(2).mean(dim=(1, 2, 3))
-    return bits / pixels, mse, counted / pixels
-
-
-@torch.no_grad()
-def dead_channels(model, images: torch.Tensor, share: float) -> torch.Tensor:
-    """(M,) bool: the latent channels that carry less than `share` of the top level's bits on
-    `images` (uint8 crops). In hp-cbc2-v7, 42 of the 64 extra channels: each codes all-zero symbols,
-    so what it passes to the synthesis is its prior's mean, a feature computed from the other
-    channels that the synthesis relies on, not information of its own."""
-    model.eval()
-    x = images[:64].float().div(255)
-    level = torch.full((x.shape[0],), float(model.n_levels - 1), device=x.device)
-    bits = -torch.log2(model(x, level)["likelihoods"]["y"]).sum(dim=(0, 2, 3))
-    model.train()
-    return bits / bits.sum() < share
-
-
-def revival_weights(level: torch.Tensor, n_levels: int, channels: torch.Tensor, counted: float) -> torch.Tensor:
-    """(B, M) weights of each latent channel's bits in the loss: `counted` (0..1) for the `channels`
-    ((M,) bool) of the samples in the top quarter of the levels, 1 elsewhere. Why: a dead channel is
-    a local optimum (its first bits cost more than the synthesis, which never saw it vary, gains from
-    them); with its bits free for a while the analysis may put information into it where the
-    latent's width caps the quality, the top rates, while the low rates, where bits are dear, stay as
-    they are."""
-    top = level >= 0.75 * (n_levels - 1)
-    return torch.where(top[:, None] & channels[None, :], counted, 1.0)
+    return bits / pixels, mse
 
 
 @torch.no_grad()
@@ -281,11 +251,6 @@ def main(argv=None) -> None:
     ap.add_argument("--hard", action="store_true",
                     help="soft then hard (Guo et al. 2021): freeze the analysis and train the synthesis and the "
                          "entropy model on rounded latents and their real bits instead of additive noise")
-    ap.add_argument("--revive", type=float, default=None, metavar="SHARE",
-                    help="with --init: the bits of the latent channels carrying less than SHARE of the top "
-                         "level's bits (e.g. 1e-4) count in the loss of the top quarter of the levels from 0 "
-                         "up to fully over the first --revive-ramp of this call (revival_weights says why)")
-    ap.add_argument("--revive-ramp", type=float, default=0.6)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -309,7 +274,7 @@ def main(argv=None) -> None:
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
-    step, gpu_seconds, revived = 0, 0.0, None
+    step, gpu_seconds = 0, 0.0
     full = args.ckpt / "state.pt"
     if full.exists():
         state = torch.load(full, map_location=dev)
@@ -327,14 +292,6 @@ def main(argv=None) -> None:
         grow_parameters(shipped, model)
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
         print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
-        if args.revive is not None:
-            revived = dead_channels(model, train_images, args.revive)
-            print(f"reviving {int(revived.sum())} dead latent channels: {revived.nonzero().flatten().tolist()}",
-                  flush=True)
-    elif args.revive is not None:
-        raise SystemExit("--revive needs --init weights (a resumed checkpoint has revived already)")
-    if args.revive is not None and args.hard:
-        raise SystemExit("--revive trains the analysis, which --hard freezes")
     for g in opt.param_groups:
         g["lr"] = args.lr
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
@@ -342,12 +299,8 @@ def main(argv=None) -> None:
     fwd = torch.compile(model) if args.compile else model
     coded = torch.compile(model.coded_terms) if args.compile else model.coded_terms
 
-    def rd_step(x: torch.Tensor, level: torch.Tensor, rate_weight: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if args.hard:
-            bpp, mse = hard_terms(model, coded, x, level)
-            return bpp, mse, bpp
-        return rd_terms(fwd(x, level), x, rate_weight)
+    def rd_step(x: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return hard_terms(model, coded, x, level) if args.hard else rd_terms(fwd(x, level), x)
 
     gen = torch.Generator(device=dev)
     gen.manual_seed(1234 + step)
@@ -361,18 +314,15 @@ def main(argv=None) -> None:
             g["lr"] = scheduled_lr(args.lr, args.lr_final, args.decay_fraction, elapsed, budget)
         x = random_batch(train_images, args.batch, args.crop, gen, args.scale_min)
         level = torch.rand(args.batch, generator=gen, device=dev) * (len(args.lambdas) - 1)
-        rate_weight = None
-        if revived is not None and elapsed < args.revive_ramp * budget:
-            rate_weight = revival_weights(level, model.n_levels, revived, elapsed / (args.revive_ramp * budget))
         try:
-            bpp, mse, counted = rd_step(x, level, rate_weight)
+            bpp, mse = rd_step(x, level)
         except Exception as e:  # a compiler failure must not cost the GPU call: fall back to eager
             if fwd is model:
                 raise
             print(f"torch.compile failed ({type(e).__name__}: {e}); running eager", flush=True)
             fwd, coded = model, model.coded_terms
-            bpp, mse, counted = rd_step(x, level, rate_weight)
-        loss = (model.lambda_at(level) * 255 ** 2 * mse + counted).mean()
+            bpp, mse = rd_step(x, level)
+        loss = (model.lambda_at(level) * 255 ** 2 * mse + bpp).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
