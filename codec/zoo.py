@@ -24,7 +24,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # Model id -> weights file. The id is what a .bin header records.
 MODELS = {
-    "hp": "hp-cbc2-v7.safetensors",
+    "hp": "hp-cbc2-v8.safetensors",
     "vq": "vq-v3.safetensors",
 }
 DEFAULT_MODEL = {"hp": "hp", "vq": "vq"}
