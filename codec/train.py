@@ -207,6 +207,37 @@ def grow_parameters(src, dst) -> None:
 
 
 @torch.no_grad()
+def transplant_parameters(src, dst) -> tuple[int, int]:
+    """Copy src's transforms into dst, a model of another latent layout: every layer of g_a, g_s and
+    their blocks and per-level tables that matches in name and shape. What depends on the latent's
+    channels starts fresh: the layers facing the latent, the gains, the hyperprior and the latent's
+    prior, so all latent channels start on equal terms (grown channels beside trained ones stayed
+    dead, results/training/hp-cbc2-v8/RECIPE.md). The lambdas must be src's.
+    -> (values copied, values fresh)."""
+    if tuple(src.lambdas) != tuple(dst.lambdas):
+        raise SystemExit("--transplant: the new model must keep the --init weights' lambdas")
+    src_params = dict(src.named_parameters())
+
+    def layer(name: str) -> str:
+        return name.rpartition(".")[0] or name
+
+    def transform(name: str) -> bool:
+        return name.split(".")[0] in ("g_a", "g_s") or name.startswith(("analysis_", "synthesis_"))
+
+    # A layer is taken whole or not at all: a bias whose weight starts fresh would mean nothing.
+    misfits = {layer(n) for n, p in dst.named_parameters()
+               if not transform(n) or n not in src_params or src_params[n].shape != p.shape}
+    copied = fresh = 0
+    for name, p in dst.named_parameters():
+        if layer(name) in misfits:
+            fresh += p.numel()
+        else:
+            p.copy_(src_params[name])
+            copied += p.numel()
+    return copied, fresh
+
+
+@torch.no_grad()
 def validate(model, images: torch.Tensor) -> list[dict]:
     """Rounded (not noisy) latents on held-out crops: estimated bpp and PSNR at each trained level."""
     model.eval()
@@ -251,6 +282,9 @@ def main(argv=None) -> None:
     ap.add_argument("--hard", action="store_true",
                     help="soft then hard (Guo et al. 2021): freeze the analysis and train the synthesis and the "
                          "entropy model on rounded latents and their real bits instead of additive noise")
+    ap.add_argument("--transplant", action="store_true",
+                    help="the --init weights are another architecture's: take only the parameters that match "
+                         "in name and shape (the transforms), start the rest fresh (transplant_parameters)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -289,7 +323,13 @@ def main(argv=None) -> None:
     elif args.init:
         shipped, init_meta = zoo.load_file(args.init, dev)
         # Parameters only: buffers (tables, bounds) are export products or constants of the fresh model.
-        grow_parameters(shipped, model)
+        if args.transplant:
+            copied, fresh = transplant_parameters(shipped, model)
+            print(f"transplanted {copied / 1e6:.2f} M parameters of {args.init} ({init_meta['arch']}, "
+                  f"{init_meta['steps']} steps); {fresh / 1e6:.2f} M fresh", flush=True)
+        else:
+            grow_parameters(shipped, model)
+        # A transplant keeps the count: its transforms carry the --init weights' training.
         step, gpu_seconds = init_meta["steps"], init_meta["gpu_seconds"]
         print(f"resumed {args.init} at step {step}, {gpu_seconds / 60:.1f} GPU-min (fresh optimizer)", flush=True)
     for g in opt.param_groups:

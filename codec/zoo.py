@@ -51,6 +51,7 @@ ARCHITECTURES = {
     "checkerboard-groups": "GainedGroupedCheckerboard",
     "checkerboard-cond": "GainedConditionedCheckerboard",
     "checkerboard-cond2": "GainedConditionedCheckerboard2",
+    "checkerboard-full": "GainedFullCheckerboard",
 }
 
 

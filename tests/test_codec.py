@@ -135,7 +135,7 @@ def _untrained(arch: str):
 
 @pytest.mark.parametrize("arch, passes", [("checkerboard", 2), ("checkerboard-res", 2), ("checkerboard-res2", 2),
                                           ("checkerboard-wide", 3), ("checkerboard-wider", 3),
-                                          ("checkerboard-groups", 9)])
+                                          ("checkerboard-groups", 9), ("checkerboard-full", 10)])
 def test_context_architectures_code_losslessly_in_their_passes(tmp_path, sample_rgb, arch, passes):
     """An untrained context model, exported and reloaded as shipped weights would be: its multi-pass
     coding must give back exactly the encoder's quantized latents. Layers that start at zero (residual

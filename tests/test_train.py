@@ -250,3 +250,27 @@ def test_hard_training_moves_the_decoder_side_only_and_resumes_only_as_hard(tmp_
     assert {"g_s.0.weight", "h_s.0.weight", "log_inv_gain"} <= moved  # the decoder side trained
     with pytest.raises(SystemExit, match="--hard"):  # a hard checkpoint does not resume a soft call
         _run(tmp_path / "b", "--arch", "checkerboard-cond2", "--M", "32")
+
+
+def test_a_transplant_takes_the_transforms_and_starts_the_latent_afresh(tmp_path):
+    """--transplant into checkerboard-full (every channel in the checkerboard passes, a wider latent):
+    the transforms' layers that fit come over exactly, those facing the latent and the whole entropy
+    model start fresh, and the step count carries on; other lambdas are refused."""
+    torch.manual_seed(0)
+    _run(tmp_path / "a", "--arch", "checkerboard-cond2")
+    old, old_meta = zoo.load_file(tmp_path / "a" / "out" / "t.safetensors")
+    init = str(tmp_path / "a" / "out" / "t.safetensors")
+    _run(tmp_path / "b", "--arch", "checkerboard-full", "--M", "40", "--transplant", "--init", init,
+         "--minutes", "0.01", "--lr", "0")
+    new, meta = zoo.load_file(tmp_path / "b" / "out" / "t.safetensors")
+    assert (meta["arch"], new.M, new.B, len(new.latent_masks(torch.zeros(1, 40, 2, 2)))) == ("checkerboard-full", 40, 40, 10)
+    assert meta["steps"] > old_meta["steps"]
+    for name in ("g_a.0.weight", "g_a.5.gamma", "g_s.6.weight", "synthesis_fine.1.body.4.weight",
+                 "analysis_log_scale", "synthesis_shift"):
+        assert torch.equal(new.get_parameter(name), old.get_parameter(name)), name
+    assert new.g_a[6].weight.shape[0] == 40 and new.g_s[0].weight.shape[0] == 40
+    # The hyperprior has the same shape in both but codes another latent: it starts fresh.
+    assert not torch.equal(new.h_a[2].weight, old.h_a[2].weight)
+    with pytest.raises(SystemExit, match="lambdas"):
+        _run(tmp_path / "c", "--arch", "checkerboard-full", "--M", "40", "--transplant", "--init", init,
+             "--lambdas", "0.001", "0.01")

@@ -407,9 +407,10 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
     def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
         super().__init__(N, M, lambdas)
         B, E, C = self.B, M - self.B, self.CHANNEL_CONTEXT
-        self.channel_context = conv(B, C, 3, 1)
-        self.extra_parameters = nn.Sequential(
-            nn.Conv2d(2 * E + C, 3 * E, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(3 * E, 2 * E, 1))
+        if E:  # a subclass whose checkerboard passes code every channel has no extra pass
+            self.channel_context = conv(B, C, 3, 1)
+            self.extra_parameters = nn.Sequential(
+                nn.Conv2d(2 * E + C, 3 * E, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(3 * E, 2 * E, 1))
 
     @staticmethod
     def checkerboard_channels(M: int) -> int:
@@ -417,6 +418,8 @@ class GainedWideCheckerboard(GainedResidualCheckerboard2):
 
     def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
         anchor, other = super().latent_masks(y)
+        if self.B == self.M:
+            return [anchor, other]
         base = (torch.arange(self.M, device=y.device) < self.B)[None, :, None, None]
         return [anchor & base, other & base, ~base & (anchor | other)]
 
@@ -482,11 +485,11 @@ class GainedGroupedCheckerboard(GainedWiderCheckerboard):
                                          for half in range(2) for g in range(1, len(sizes)))
 
     def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        anchor, other, extra = super().latent_masks(y)
+        anchor, other, *extra = super().latent_masks(y)
         c = torch.arange(self.M, device=y.device)[None, :, None, None]
         s = self.group_starts
         groups = [(c >= s[g]) & (c < s[g + 1]) for g in range(len(s) - 1)]
-        return [half & group for half in (anchor, other) for group in groups] + [extra]
+        return [half & group for half in (anchor, other) for group in groups] + extra
 
     def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -566,3 +569,26 @@ class GainedConditionedCheckerboard2(GainedConditionedCheckerboard):
     def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         told = self.told("analysis", level)
         return self.g_a[6:](told(self.g_a[4:6](self.analysis_block(told(features, 0))), 1))
+
+
+class GainedFullCheckerboard(GainedConditionedCheckerboard2):
+    """checkerboard-cond2 with every latent channel coded in the grouped checkerboard passes (no third
+    pass), for a latent as wide as the top rates need (M = 320: ELIC's and mbt2018-mean's top-rate
+    width). Why: in checkerboard-cond2 (M = 256), 42 of the 64 channels of the third pass carried no
+    bits at the top level; their prior means, computed from the other channels, had become features for
+    the synthesis, free of bits, and neither growing nor freeing their bits brought them back
+    (results/training/hp-cbc2-v8/RECIPE.md). Coded from space and channel like the others, a channel
+    has no such free ride: what it gives the synthesis it pays for. The channels fall in ELIC's five
+    uneven groups (16, 16, 32, 64, 192 for M = 320): 2 x 5 passes. Not grown: it starts from
+    checkerboard-cond2's transforms with fresh latent-facing layers and entropy model
+    (codec.train --transplant)."""
+
+    GROWS = False  # its channel groups and hyper channels do not line up with narrower weights'
+
+    @staticmethod
+    def checkerboard_channels(M: int) -> int:
+        return M
+
+    @staticmethod
+    def channel_groups(B: int) -> tuple[int, ...]:
+        return (B // 20, B // 20, B // 10, B // 5, B - 2 * (B // 20) - B // 10 - B // 5)
