@@ -218,15 +218,20 @@ class GainedMeanScaleHyperprior(nn.Module):
         def bits(z_values: torch.Tensor, y_values: torch.Tensor) -> torch.Tensor:
             # The factorized prior takes (channels, 1, values): each channel's values of every image.
             z_lik, _, _ = eb._likelihood(z_values.transpose(0, 1).reshape(c, 1, -1))
-            y_lik = gc._likelihood(y_values, scales, means)
-            return -(torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
-                     + torch.log2(gc.likelihood_lower_bound(y_lik)).sum(dim=(1, 2, 3)))
+            return (-torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
+                    + self.latent_channel_bits(y_values, scales, means).sum(dim=1))
 
         def noisy(t: torch.Tensor) -> torch.Tensor:
             return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
 
         surrogate = None if noise is None else bits(noisy(z), noisy(y))
         return bits(z_hat, y_hat), self.synthesis(y_hat * inv_gain, level).clamp(0, 1), surrogate
+
+    def latent_channel_bits(self, y_values: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """Bits of the latent values y_values (B, M, h, w) under the Gaussian prior (scales, means) -> (B, M):
+        each image's bits by channel (tools/channel_bits.py counts the channels that carry none)."""
+        gc = self.gaussian_conditional
+        return -torch.log2(gc.likelihood_lower_bound(gc._likelihood(y_values, scales, means))).sum(dim=(2, 3))
 
     def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                    noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
