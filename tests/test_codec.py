@@ -154,10 +154,11 @@ def test_context_architectures_code_losslessly_in_their_passes(tmp_path, sample_
     assert net.gaussian_conditional.likelihood_lower_bound.bound.item() > 0  # buffers survive export exactly
 
 
-def test_passes_sharing_a_memo_get_the_prior_each_would_compute_alone(sample_rgb):
-    """The grouped model computes each checkerboard half's prior once for its four groups: every pass
+@pytest.mark.parametrize("arch", ["checkerboard-groups", "checkerboard-full"])
+def test_passes_sharing_a_memo_get_the_prior_each_would_compute_alone(sample_rgb, arch):
+    """The grouped models compute each checkerboard half's prior once for all its groups: every pass
     given the memo of the passes before it must get exactly the (scales, means) it computes afresh."""
-    net, _ = _untrained("checkerboard-groups")
+    net, _ = _untrained(arch)
     with torch.no_grad():
         level = torch.tensor([3.5])
         y, z = net.analyse(api.to_tensor(sample_rgb[:128, :192], "cpu"), level)
