@@ -6,7 +6,9 @@ A channel whose symbols are all zero carries no information of its own: the synt
 only its prior's mean. Such dead channels capped hp-cbc2-v7's top rates
 (results/training/hp-cbc2-v8/RECIPE.md); this counts them. Each image is cropped to whole latent
 blocks and coded as the encoder codes it (rounded latents, the discrete priors); the shares are of
-the latent's bits summed over the images.
+the latent's bits summed over the images. It also decodes each image twice, as coded and with the
+channels under 0.1 % of the bits flattened to their mean over the image: if the PSNR falls, the
+synthesis reads those channels' prior means (computed from the other channels) as features.
 """
 from __future__ import annotations
 
@@ -22,21 +24,40 @@ from codec import zoo  # noqa: E402
 from codec.io import find_images, load_image  # noqa: E402
 
 
-@torch.no_grad()
-def channel_bits(model, images: list[np.ndarray], level: float) -> tuple[np.ndarray, int]:
-    """-> (bits of each latent channel summed over the images, the images' pixels)."""
-    total, pixels = torch.zeros(model.M, dtype=torch.float64), 0
+def coded_latents(model, images: list[np.ndarray], level: float):
+    """-> per image: (x cropped to whole latent blocks, the decoded latent y_hat, its prior's scales and
+    means), as the coder codes them."""
     lv = torch.tensor([level])
     medians = model.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
     for im in images:
         h, w = im.shape[0] // 64 * 64, im.shape[1] // 64 * 64
         x = torch.from_numpy(np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)))[None].float() / 255
         y, z = model.analyse(x, lv)
-        z_hat = torch.round(z - medians) + medians
-        scales, means, y_hat = model.latent_prior(y, model.hyper_features(z_hat, lv))
+        scales, means, y_hat = model.latent_prior(y, model.hyper_features(torch.round(z - medians) + medians, lv))
+        yield x, y_hat, scales, means
+
+
+@torch.no_grad()
+def channel_bits(model, images: list[np.ndarray], level: float) -> tuple[np.ndarray, int]:
+    """-> (bits of each latent channel summed over the images, the images' pixels)."""
+    total, pixels = torch.zeros(model.M, dtype=torch.float64), 0
+    for x, y_hat, scales, means in coded_latents(model, images, level):
         total += model.latent_channel_bits(y_hat, scales, means)[0].double()
-        pixels += h * w
+        pixels += x.shape[2] * x.shape[3]
     return total.numpy(), pixels
+
+
+@torch.no_grad()
+def flattened_psnr(model, images: list[np.ndarray], level: float, channels: torch.Tensor) -> tuple[float, float]:
+    """-> mean PSNR over the images decoded as coded, and with `channels` (a bool mask over M) each set
+    to its mean over the image."""
+    lv, coded, flat = torch.tensor([level]), [], []
+    for x, y_hat, _, _ in coded_latents(model, images, level):
+        flattened = y_hat.clone()
+        flattened[:, channels] = y_hat[:, channels].mean(dim=(2, 3), keepdim=True)
+        for psnrs, latent in ((coded, y_hat), (flat, flattened)):
+            psnrs.append(float(-10 * torch.log10((model.synthesise(latent, lv) - x).pow(2).mean())))
+    return float(np.mean(coded)), float(np.mean(flat))
 
 
 def main() -> None:
@@ -63,6 +84,10 @@ def main() -> None:
         print(f"  channels under {floor:g} of the bits: {int((share < floor).sum())}")
     for part in (0.9, 0.99):
         print(f"  channels holding {part:.0%} of the bits: {int(np.searchsorted(np.cumsum(ranked), part) + 1)}")
+    dead = torch.from_numpy(share < 1e-3)
+    if dead.any():
+        coded, flat = flattened_psnr(model, images, level, dead)
+        print(f"  PSNR {coded:.2f} dB as coded, {flat:.2f} dB with those under 0.001 flattened to their mean")
 
 
 if __name__ == "__main__":
