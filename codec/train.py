@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import time
@@ -289,8 +290,15 @@ def main(argv=None) -> None:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
-    if args.lambdas is None:  # training on from weights keeps their rate levels unless told otherwise
-        args.lambdas = zoo.read_meta(args.init)["lambdas"] if args.init else list(LAMBDAS)
+    # A resumed checkpoint says what it is (its metadata beside it): a call that resumes it needs to
+    # repeat neither --init nor --lambdas, and one for another architecture is refused.
+    ckpt_meta = json.loads((args.ckpt / "meta.json").read_text()) if (args.ckpt / "meta.json").exists() else None
+    if ckpt_meta and (ckpt_meta["arch"], ckpt_meta["M"], ckpt_meta["N"]) != (args.arch, args.M, args.N):
+        raise SystemExit(f"{args.ckpt} holds a {ckpt_meta['arch']} model (M = {ckpt_meta['M']}, N = "
+                         f"{ckpt_meta['N']}), not this call's {args.arch} (M = {args.M}, N = {args.N})")
+    if args.lambdas is None:  # training on keeps the rate levels of what it resumes unless told otherwise
+        args.lambdas = (ckpt_meta["lambdas"] if ckpt_meta else
+                        zoo.read_meta(args.init)["lambdas"] if args.init else list(LAMBDAS))
 
     start = time.time()
     dev = prepare_run(args.out, args.ckpt)
@@ -383,6 +391,7 @@ def main(argv=None) -> None:
              "step": step, "gpu_seconds": gpu_seconds, "hard": args.hard}
     torch.save(state, args.ckpt / "state.tmp")
     os.replace(args.ckpt / "state.tmp", full)
+    (args.ckpt / "meta.json").write_text(json.dumps(meta))
 
     rows = validate(model, val_images)
     with open(args.out / "val-log.csv", "a", newline="") as f:

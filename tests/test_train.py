@@ -274,3 +274,15 @@ def test_a_transplant_takes_the_transforms_and_starts_the_latent_afresh(tmp_path
     with pytest.raises(SystemExit, match="lambdas"):
         _run(tmp_path / "c", "--arch", "checkerboard-full", "--M", "40", "--transplant", "--init", init,
              "--lambdas", "0.001", "0.01")
+
+
+def test_a_resumed_checkpoint_keeps_its_levels_without_init_and_refuses_another_architecture(tmp_path):
+    """A call that resumes --ckpt reads the checkpoint's levels from beside it (a GPU call once failed
+    by building the default levels instead); one for another architecture gets a one-line refusal."""
+    torch.manual_seed(0)
+    _run(tmp_path, "--lambdas", "0.001", "0.004", "0.01")
+    second = _run(tmp_path, "--minutes", "0.01")  # neither --init nor --lambdas
+    assert int(second[-1]["step"]) > 0
+    assert zoo.read_meta(tmp_path / "out" / "t.safetensors")["lambdas"] == [0.001, 0.004, 0.01]
+    with pytest.raises(SystemExit, match="holds a mean-scale model"):
+        _run(tmp_path, "--arch", "checkerboard")
