@@ -28,12 +28,10 @@ def coded_latents(model, images: list[np.ndarray], level: float):
     """-> per image: (x cropped to whole latent blocks, the decoded latent y_hat, its prior's scales and
     means), as the coder codes them."""
     lv = torch.tensor([level])
-    medians = model.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
     for im in images:
         h, w = im.shape[0] // 64 * 64, im.shape[1] // 64 * 64
         x = torch.from_numpy(np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)))[None].float() / 255
-        y, z = model.analyse(x, lv)
-        scales, means, y_hat = model.latent_prior(y, model.hyper_features(torch.round(z - medians) + medians, lv))
+        _, scales, means, y_hat = model.rounded_latents(*model.analyse(x, lv), lv)
         yield x, y_hat, scales, means
 
 

@@ -200,6 +200,13 @@ class GainedMeanScaleHyperprior(nn.Module):
         _, inv_gain, _, _ = self.gains(level)
         return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
+    def rounded_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The gained latents (y, z) as the coder rounds them -> (z_hat, the latent prior's scales and
+        means, y_hat), the rounding straight-through."""
+        medians = self.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
+        z_hat = z + (torch.round(z - medians) + medians - z).detach()
+        return (z_hat, *self.latent_prior(y, self.hyper_features(z_hat, level)))
+
     def coded_terms(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                     noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image,
@@ -209,10 +216,8 @@ class GainedMeanScaleHyperprior(nn.Module):
         which has a gradient to follow downhill where the rounded bits have none (seeded by the
         caller: same bytes each run)."""
         _, inv_gain, _, _ = self.gains(level)
-        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
-        medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
-        z_hat = z + (torch.round(z - medians) + medians - z).detach()
-        scales, means, y_hat = self.latent_prior(y, self.hyper_features(z_hat, level))
+        eb = self.entropy_bottleneck
+        z_hat, scales, means, y_hat = self.rounded_latents(y, z, level)
         b, c = z.shape[:2]
 
         def bits(z_values: torch.Tensor, y_values: torch.Tensor) -> torch.Tensor:
