@@ -93,7 +93,8 @@ def vq_point_index(points: list, quality: float) -> int:
 
 
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
-           codebook: int | None = None, depth: int | None = None, refine: int = 0, device: str = "cpu") -> bytes:
+           codebook: int | None = None, depth: int | None = None, refine: int = 0, device: str = "cpu",
+           refine_device: str | None = None) -> bytes:
     """Compress an image to the bytes of a .bin file.
 
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
@@ -101,10 +102,13 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     `codebook` and `depth` (vq only) pick the codebook size K and the residual depth D directly.
     `refine`: steps of encoder-side search for latents that code better (hp: lower rate-distortion
     loss at the quality's lambda; vq, depth-1 points: indices that decode closer to the image). Each
-    step costs about two decodes; decoding is unchanged."""
+    step costs about two decodes; decoding is unchanged. `refine_device`: where that search runs
+    (default: `device`); the file is still coded on `device`, so a GPU can search for a CPU's file."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
-    net, meta, whash = zoo.load(zoo.DEFAULT_MODEL.get(model, model), device)
+    model_id = zoo.DEFAULT_MODEL.get(model, model)
+    net, meta, whash = zoo.load(model_id, device)
+    searcher = zoo.load(model_id, refine_device)[0] if refine and refine_device not in (None, device) else net
     if meta["family"] != "vq" and (codebook is not None or depth is not None):
         raise ValueError("codebook and depth apply to the vq model only")
     if refine < 0:
@@ -118,7 +122,8 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     bitstream.container.header_bytes(header)  # validates the size before any model work
     budget = budget_bytes(bpp, size, w, h)
     if meta["family"] == "vq":
-        return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget, refine)
+        return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget, refine,
+                          searcher)
     x = to_tensor(rgb, device)
     with torch.no_grad():
         features = net.analysis(x)  # the same at every quality: computed once for a rate search
@@ -128,7 +133,9 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
         level = level_of(net, header.quality).to(device)
         y, z = net.analyse(x, level, features)
         if refine:
-            y, z = net.refine(x, y, z, level, refine, size=(h, w))
+            on = _device_of(searcher)
+            y, z = searcher.refine(x.to(on), y.to(on), z.to(on), level.to(on), refine, size=(h, w))
+            y, z = y.to(device), z.to(device)
         packets, _ = hp_entropy.compress(net, y, z, level)
         return bitstream.write(Container(header, packets))
 
@@ -136,7 +143,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
 
 
 def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float, codebook: int | None, depth: int | None,
-               budget: float | None, refine: int = 0) -> bytes:
+               budget: float | None, refine: int, searcher) -> bytes:
     points = vq_points(meta)
     with torch.no_grad():
         features = net.autoencoder.g_a(x)
@@ -147,7 +154,10 @@ def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float,
         codes, _ = net.codebook(header.codebook)
         z = features
         if refine and header.depth == 1:
-            z = net.autoencoder.refine(x, features, codes, refine, size=(header.height, header.width))
+            on = _device_of(searcher)
+            z = searcher.autoencoder.refine(x.to(on), features.to(on), codes if searcher is net else
+                                            searcher.codebook(header.codebook)[0], refine,
+                                            size=(header.height, header.width)).to(x.device)
         maps = net.autoencoder.quantizer.indices(z, header.depth, codes)
         return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))
 
@@ -162,6 +172,10 @@ def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float,
         raise ValueError(f"no operating point with codebook {point[0]} and depth {point[1]} (this model has: "
                          + ", ".join(f"{k}" if d == 1 else f"{k}x{d}" for k, d in points) + ")")
     return at(points.index(point))
+
+
+def _device_of(net) -> torch.device:
+    return next(net.parameters()).device
 
 
 def search_point(at, n: int, budget: float) -> bytes:

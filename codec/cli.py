@@ -102,7 +102,8 @@ def cmd_encode(args) -> None:
     t0 = time.perf_counter()
     try:
         data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
-                          codebook=args.codebook, depth=args.depth, refine=args.refine, device=args.device)
+                          codebook=args.codebook, depth=args.depth, refine=args.refine, device=args.device,
+                          refine_device=args.refine_device)
     except ValueError as e:  # the API's word for bad arguments
         raise UsageError(str(e)) from None
     encode_s = time.perf_counter() - t0
@@ -169,7 +170,7 @@ def cmd_sweep(args) -> None:
         raise UsageError(str(e)) from None
     if not args.dataset.is_dir():
         raise UsageError(f"--dataset {args.dataset} is not a folder")
-    sweep.run(args.dataset, names, args.out, args.qualities, args.jobs, args.device)
+    sweep.run(args.dataset, names, args.out, args.qualities, args.jobs, args.device, args.refine_device)
     print(f"sweep: results in {args.out} (per_image.csv, <codec>.json, bdrate.md, rd.png)", file=sys.stderr)
 
 
@@ -200,11 +201,14 @@ def build_parser() -> Parser:
     e.add_argument("--depth", type=_positive(int), metavar="D",
                    help="vq: quantizer stages (residual VQ adds rate; with the full codebook only)")
     e.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="N steps of encoder-side search for latents that code better (hp: lower rate at "
-                        "the same loss, 40 is a good trade, 10 keeps about three quarters of its gain; vq: "
-                        "indices that decode closer, 20); each step costs about two decodes of time; "
-                        "decoding is unchanged")
+                   help="N steps of encoder-side search for latents that code better (hp: lower rate-"
+                        "distortion loss, gaining more the longer it anneals: 120, with --refine-device cuda, "
+                        "saved 6.4 %% of the bits on Kodak; under 40 gains little; vq: indices that decode "
+                        "closer, 20); each step costs about two decodes of time; decoding is unchanged")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
+    e.add_argument("--refine-device", choices=["cpu", "cuda"], help="where --refine's search runs (default: "
+                   "--device); the file is coded on --device, so `--refine-device cuda` searches on a GPU "
+                   "for a file that decodes on a CPU")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
 
@@ -237,6 +241,8 @@ def build_parser() -> Parser:
     s.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where our models run (encode and decode times are then that device's)")
+    s.add_argument("--refine-device", choices=["cpu", "cuda"],
+                   help="where the -refine codecs search (default: --device); their files are coded on --device")
     s.set_defaults(func=cmd_sweep)
     return p
 
@@ -248,10 +254,10 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "json", False) and getattr(args, "output", None) == "-":
             raise UsageError("--json and OUT '-' would both write to stdout; pick one")
-        if getattr(args, "device", "cpu") == "cuda":
+        if "cuda" in (getattr(args, "device", None), getattr(args, "refine_device", None)):
             import torch
             if not torch.cuda.is_available():
-                raise UsageError("--device cuda asked for, but no CUDA device is available")
+                raise UsageError("cuda asked for, but no CUDA device is available")
         args.func(args)
         return 0
     except UsageError as e:

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -38,9 +38,17 @@ ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" /
 CSV_FIELDS = ["codec", "quality", "image", "bytes", "bpp", "psnr-rgb", "ms-ssim-rgb", "haarpsi-rgb",
               "encoding_time", "decoding_time"]
 
-# A coder: (rgb, quality, device) -> (file bytes, decoded rgb, encode seconds, decode seconds); the
-# device ("cpu" or "cuda") is where our models run, and classical codecs ignore it.
-Coder = Callable[[np.ndarray, float, str], tuple[bytes, np.ndarray, float, float]]
+
+
+class Devices(NamedTuple):
+    """Where our models run ("cpu" or "cuda"): `code` codes and decodes the files, `search` runs the
+    -refine codecs' encoder-side search. Classical codecs ignore both."""
+    code: str = "cpu"
+    search: str = "cpu"
+
+
+# A coder: (rgb, quality, devices) -> (file bytes, decoded rgb, encode seconds, decode seconds).
+Coder = Callable[[np.ndarray, float, Devices], tuple[bytes, np.ndarray, float, float]]
 
 
 @dataclass
@@ -95,16 +103,16 @@ def _refined_vq_qualities(count: int = 3) -> Callable[[], list[float]]:
 
 
 def _learned(model: str, **options) -> Coder:
-    def run(rgb: np.ndarray, q: float, device: str):
+    def run(rgb: np.ndarray, q: float, devices: Devices):
         from codec import api
-        data, te = _timed(api.encode, rgb, model, q, device=device, **options)
-        out, td = _timed(api.decode_rgb, data, device=device)
+        data, te = _timed(api.encode, rgb, model, q, device=devices.code, refine_device=devices.search, **options)
+        out, td = _timed(api.decode_rgb, data, device=devices.code)
         return data, out, te, td
     return run
 
 
 def _pillow(fmt: str, **options) -> Coder:
-    def run(rgb: np.ndarray, q: float, device: str):
+    def run(rgb: np.ndarray, q: float, devices: Devices):
         def enc():
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format=fmt, quality=int(q), **options)
@@ -123,7 +131,7 @@ def _pillow(fmt: str, **options) -> Coder:
 def _external(encode_cmd: Callable[[str, str, float], list[str]], decode_cmd: Callable[[str, str], list[str]],
               suffix: str) -> Coder:
     """A codec behind command-line programs: PNG in, its file, PNG out."""
-    def run(rgb: np.ndarray, q: float, device: str):
+    def run(rgb: np.ndarray, q: float, devices: Devices):
         with tempfile.TemporaryDirectory() as tmp:
             src, mid, dst = (os.path.join(tmp, n) for n in ("in.png", "out" + suffix, "out.png"))
             Image.fromarray(rgb).save(src)
@@ -179,7 +187,7 @@ def ycbcr444_to_rgb(ycc: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.stack([r, g, b], -1) * 255), 0, 255).astype(np.uint8)
 
 
-def _vtm(rgb: np.ndarray, q: float, device: str):
+def _vtm(rgb: np.ndarray, q: float, devices: Devices):
     """VTM all-intra on 4:4:4 8-bit YCbCr; VTM_CFG names encoder_intra_vtm.cfg."""
     cfg = os.environ.get("VTM_CFG", "")
     h, w = rgb.shape[:2]
@@ -202,18 +210,16 @@ def _heif(chroma: str) -> Coder:
 
 
 HEIF_TOOLS = (("HEIF_ENC", "heif-enc"), ("HEIF_DEC", "heif-convert"))
-# Steps of encoder-side search for the -refine codecs (each about two decodes of time), where the gain
-# levelled off on images no weights trained on. hp-refine10 keeps most of that gain (-2.2 of -2.8 % on
-# the stills, results/stills/hp-refine.md) in a quarter of the time, so that a CPU can sweep it.
-REFINE_STEPS = {"hp-refine": 40, "hp-refine10": 10, "vq-refine": 20}
+# Steps of encoder-side search for the -refine codecs (each about two decodes of time). hp's annealing
+# search gains most over many steps (results/stills/hp-refine.md), which is GPU work: sweep it with
+# --refine-device cuda (results/kodak/hp-refine.json).
+REFINE_STEPS = {"hp-refine": 120, "vq-refine": 20}
 
 CODECS: dict[str, CodecSpec] = {
     # Our models: one quality per operating point of the shipped weights (codec.api.model_qualities).
     "hp": CodecSpec(_model_qualities("hp"), _learned("hp"), version=_weights_version("hp")),
     "hp-refine": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp-refine"]),
                            version=_weights_version("hp")),
-    "hp-refine10": CodecSpec(_model_qualities("hp"), _learned("hp", refine=REFINE_STEPS["hp-refine10"]),
-                             version=_weights_version("hp")),
     "vq": CodecSpec(_model_qualities("vq"), _learned("vq"), version=_weights_version("vq")),
     "vq-refine": CodecSpec(_refined_vq_qualities(), _learned("vq", refine=REFINE_STEPS["vq-refine"]),
                            version=_weights_version("vq")),
@@ -237,11 +243,11 @@ ALIASES = {"jpeg": ["jpeg444", "jpeg420"], "avif": ["avif444", "avif420"], "bpg"
            "heif": ["heif444", "heif420"]}
 
 
-def _measure(task: tuple[str, float, str, str]) -> dict:
-    name, q, path, device = task
+def _measure(task: tuple[str, float, str, Devices]) -> dict:
+    name, q, path, devices = task
     rgb = load_image(path)
     try:
-        data, out, te, td = CODECS[name].coder(rgb, q, device)
+        data, out, te, td = CODECS[name].coder(rgb, q, devices)
     except ToolError as e:  # rows so far are saved: fix the tool and rerun to resume
         raise ToolError(f"{name} at quality {q:g} on {Path(path).name}: {e}") from None
     h, w = rgb.shape[:2]
@@ -285,8 +291,10 @@ def _stale_codecs(path: Path, names: list[str]) -> list[str]:
 
 
 def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | None = None, jobs: int = 1,
-        device: str = "cpu") -> None:
+        device: str = "cpu", refine_device: str | None = None) -> None:
+    """refine_device: where the -refine codecs search (default: device, where our models code)."""
     images = find_images(dataset)
+    devices = Devices(device, refine_device or device)
     if not images:
         raise FileNotFoundError(f"no images under {dataset}")
     out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +325,7 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
             print(f"sweep: skipping {name}: not found: {', '.join(spec.missing())}", file=sys.stderr)
             continue
         runnable.append(name)
-    tasks = [(n, float(q), str(p), device) for n in runnable for q in (qualities or CODECS[n].default_qualities()) for p in images
+    tasks = [(n, float(q), str(p), devices) for n in runnable for q in (qualities or CODECS[n].default_qualities()) for p in images
              if (n, float(q), p.name) not in done_keys]
     total = len(tasks)
     print(f"sweep: {len(images)} images, codecs {', '.join(runnable)}: {total} encodes to run "
@@ -330,7 +338,7 @@ def run(dataset: Path, names: list[str], out: Path, qualities: list[float] | Non
             writer.writeheader()
         # The learned codec runs in this process (torch threads); classical codecs fan out over --jobs.
         pool_kw = {"max_workers": jobs, "initializer": _one_thread}
-        if device == "cuda":  # CUDA cannot be used in a forked child
+        if "cuda" in devices:  # CUDA cannot be used in a forked child
             pool_kw["mp_context"] = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(**pool_kw) if jobs > 1 else _Serial() as pool:
             for i, row in enumerate(pool.map(_measure, tasks)):
@@ -415,7 +423,7 @@ def report(curves: dict[str, dict], out: Path) -> None:
 
 
 # Our codecs' curves stand out in fixed colours; the peers take matplotlib's cycle.
-OUR_COLOURS = {"hp": "black", "hp-refine": "dimgray", "hp-refine10": "gray", "vq": "crimson", "vq-refine": "darkorange"}
+OUR_COLOURS = {"hp": "black", "hp-refine": "dimgray", "vq": "crimson", "vq-refine": "darkorange"}
 
 
 def _plot(curves, anchors, path: Path, metric: str, label: str, xlim: tuple, ylim: tuple) -> None:

@@ -150,7 +150,7 @@ def hard_terms(model, coded_terms, x: torch.Tensor, level: torch.Tensor,
     for training speed; validation keeps float32 so that its logs compare across runs."""
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16 and x.is_cuda):
         y, z = model.analyse(x, level)
-    bits, x_hat, _ = coded_terms(y.float(), z.float(), level)
+    bits, x_hat = coded_terms(y.float(), z.float(), level)
     return bits / (x.shape[2] * x.shape[3]), (x_hat - x).pow(2).mean(dim=(1, 2, 3))
 
 

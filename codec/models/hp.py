@@ -13,7 +13,6 @@ Two paths, kept apart:
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -24,14 +23,17 @@ with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecatio
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.layers import GDN
 
+from codec.quantizers.scalar import annealed_round, round_straight_through
+
 # Training lambdas (MSE scaled to 8-bit pixels, as in CompressAI); level i trades off lambdas[i].
 LAMBDAS = (0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932)
 
 # Scale table shared by encoder and decoder: scales are snapped to these before CDF lookup.
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
 
-# How far --refine's search moves each gained latent in all, about lr per Adam step (lr * steps).
-REFINE_TRAVEL = 0.12
+# --refine's search (GainedMeanScaleHyperprior.refine): Adam's step, the annealing's temperatures at
+# the first and last step, and how often the real coded loss is measured.
+REFINE_LR, REFINE_TEMPERATURES, REFINE_CHECK_EVERY = 0.01, (0.5, 0.05), 10
 
 
 def scale_table() -> torch.Tensor:
@@ -152,14 +154,15 @@ class GainedMeanScaleHyperprior(nn.Module):
         scales, means = hyper.float().chunk(2, 1)
         return scales, means
 
-    def latent_prior(self, y: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def latent_prior(self, y: torch.Tensor, hyper: torch.Tensor, quantize=round_straight_through
+                     ) -> tuple[torch.Tensor, ...]:
         """All passes at once, as the decoder will run them -> (scales, means, y_hat), where y_hat is
-        the rounded latent with a straight-through gradient."""
+        quantize(y, means): by default the coder's rounding with a straight-through gradient."""
         scales, means, y_hat, memo = torch.zeros_like(y), torch.zeros_like(y), torch.zeros_like(y), {}
         for step, mask in enumerate(self.latent_masks(y)):
             with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=y.is_cuda):
                 s, m = self.latent_params(hyper, y_hat, step, memo)
-            rounded = y + (torch.round(y - m) + m - y).detach()
+            rounded = quantize(y, m)
             scales, means = torch.where(mask, s, scales), torch.where(mask, m, means)
             y_hat = torch.where(mask, rounded, y_hat)
         return scales, means, y_hat
@@ -200,37 +203,28 @@ class GainedMeanScaleHyperprior(nn.Module):
         _, inv_gain, _, _ = self.gains(level)
         return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
-    def rounded_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def rounded_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
+                        quantize=round_straight_through) -> tuple[torch.Tensor, ...]:
         """The gained latents (y, z) as the coder rounds them -> (z_hat, the latent prior's scales and
-        means, y_hat), the rounding straight-through."""
+        means, y_hat); quantize(values, offsets) rounds, by default as the coder does, straight-through."""
         medians = self.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
-        z_hat = z + (torch.round(z - medians) + medians - z).detach()
-        return (z_hat, *self.latent_prior(y, self.hyper_features(z_hat, level)))
+        z_hat = quantize(z, medians)
+        return (z_hat, *self.latent_prior(y, self.hyper_features(z_hat, level), quantize))
 
     def coded_terms(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
-                    noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                    quantize=round_straight_through) -> tuple[torch.Tensor, torch.Tensor]:
         """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image,
         from the discrete priors the coder's tables are built from; the decoded picture, padded as
-        y is; with `noise`, each image's bits of the latents plus uniform noise, else None). z and y
-        are rounded (straight-through). noise: a generator for the noisy bits, training's surrogate,
-        which has a gradient to follow downhill where the rounded bits have none (seeded by the
-        caller: same bytes each run)."""
+        y is). `quantize` as in rounded_latents (refine's annealing passes a soft rounding)."""
         _, inv_gain, _, _ = self.gains(level)
         eb = self.entropy_bottleneck
-        z_hat, scales, means, y_hat = self.rounded_latents(y, z, level)
+        z_hat, scales, means, y_hat = self.rounded_latents(y, z, level, quantize)
         b, c = z.shape[:2]
-
-        def bits(z_values: torch.Tensor, y_values: torch.Tensor) -> torch.Tensor:
-            # The factorized prior takes (channels, 1, values): each channel's values of every image.
-            z_lik, _, _ = eb._likelihood(z_values.transpose(0, 1).reshape(c, 1, -1))
-            return (-torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
-                    + self.latent_channel_bits(y_values, scales, means).sum(dim=1))
-
-        def noisy(t: torch.Tensor) -> torch.Tensor:
-            return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
-
-        surrogate = None if noise is None else bits(noisy(z), noisy(y))
-        return bits(z_hat, y_hat), self.synthesis(y_hat * inv_gain, level).clamp(0, 1), surrogate
+        # The factorized prior takes (channels, 1, values): each channel's values of every image.
+        z_lik, _, _ = eb._likelihood(z_hat.transpose(0, 1).reshape(c, 1, -1))
+        bits = (-torch.log2(eb.likelihood_lower_bound(z_lik)).view(c, b, -1).sum(dim=(0, 2))
+                + self.latent_channel_bits(y_hat, scales, means).sum(dim=1))
+        return bits, self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
     def latent_channel_bits(self, y_values: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         """Bits of the latent values y_values (B, M, h, w) under the Gaussian prior (scales, means) -> (B, M):
@@ -239,48 +233,47 @@ class GainedMeanScaleHyperprior(nn.Module):
         return -torch.log2(gc.likelihood_lower_bound(gc._likelihood(y_values, scales, means))).sum(dim=(2, 3))
 
     def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
-                   noise: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   quantize=round_straight_through) -> torch.Tensor:
         """Rate-distortion loss of the gained latents (y, z) of image x (1, 3, h, w; unpadded) as the
-        coder will code them (`coded_terms`): lambda * 255^2 * MSE + bits per pixel, as in training;
-        with `noise`, also the same loss with the noisy bits (else None)."""
+        coder will code them (`coded_terms`): lambda * 255^2 * MSE + bits per pixel, as in training."""
         h, w = x.shape[-2:]
-        bits, x_hat, noisy_bits = self.coded_terms(y, z, level, noise)
+        bits, x_hat = self.coded_terms(y, z, level, quantize)
         distortion = self.lambda_at(level) * 255 ** 2 * (x_hat[..., :h, :w] - x).pow(2).mean()
-        return distortion + bits.sum() / (h * w), None if noise is None else distortion + noisy_bits.sum() / (h * w)
+        return distortion + bits.sum() / (h * w)
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor, steps: int,
-               lr: float | None = None, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               lr: float = REFINE_LR, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder-side search: move the gained latents (y, z) of x (analyse's output) to lower the
         rate-distortion loss of what will really be coded (`coded_loss` over the top-left `size`
-        pixels, the image without its padding). Adam follows the noisy loss the model was trained on
-        (straight-through rounding diverges: the rate's gradient at a rounded latent keeps pushing
-        while nothing moves), its step decaying to zero on a cosine; one forward pass a step gives
-        both losses. Returns the (y, z), of the steps tried, whose coded loss was lowest: never
-        worse than where it started. The decoder needs nothing of this.
+        pixels, the image without its padding). Adam follows the loss of a random soft rounding
+        (stochastic Gumbel annealing, Yang et al. 2020, `annealed_round`) whose temperature falls
+        geometrically over the steps, so the search ends on the coder's own rounding; the real coded
+        loss is measured every REFINE_CHECK_EVERY steps and at the end. Returns the (y, z) measured
+        lowest: never worse than where it started. The decoder needs nothing of this.
 
-        lr: Adam's first step, by default REFINE_TRAVEL / steps: a step moves each latent about lr,
-        so the search reaches as far with few steps as with many (on the 12 stills with hp-cbc2-v3,
-        results/stills/hp-refine.md: 10 / 20 / 40 steps at lr 0.01 / 0.006 / 0.003 saved 2.19 /
-        2.53 / 2.80 % of the bits, 10 steps at 0.003 only 1.13 %; a warm-up did not help)."""
-        lr = REFINE_TRAVEL / max(steps, 1) if lr is None else lr
+        It needs a long cooling: on stills no weights trained on (results/stills/hp-refine.md), 120
+        steps saved 2.6-9.3 % of the bits where the additive-noise search it replaced saved
+        0.2-5.1 % in 40, but 10 steps saved less than 10 of that search's."""
         h, w = size or x.shape[-2:]
         x = x[..., :h, :w]
+        hot, cold = REFINE_TEMPERATURES
+        noise = torch.Generator(device=y.device).manual_seed(0)  # the same draws each run
         best, best_loss = (y, z), float("inf")
         y, z = y.detach().clone().requires_grad_(True), z.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([y, z], lr=lr)
-        noise = torch.Generator(device=y.device).manual_seed(0)
-        with torch.enable_grad():
-            for step in range(steps + 1):
-                with torch.set_grad_enabled(step < steps):  # the last latents are measured, not moved
-                    loss, surrogate = self.coded_loss(x, y, z, level, noise)
-                if loss.item() < best_loss:
-                    best, best_loss = (y.detach().clone(), z.detach().clone()), loss.item()
-                if step == steps:
-                    break
-                y.grad, z.grad = torch.autograd.grad(surrogate, (y, z))  # the latents' gradients, not the weights'
-                for g in opt.param_groups:
-                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-                opt.step()
+        for step in range(steps + 1):
+            if step % REFINE_CHECK_EVERY == 0 or step == steps:
+                with torch.no_grad():
+                    loss = self.coded_loss(x, y, z, level).item()
+                if loss < best_loss:
+                    best, best_loss = (y.detach().clone(), z.detach().clone()), loss
+            if step == steps:
+                break
+            temperature = hot * (cold / hot) ** (step / max(steps - 1, 1))
+            with torch.enable_grad():
+                soft = self.coded_loss(x, y, z, level, lambda v, m: annealed_round(v, m, temperature, noise))
+                y.grad, z.grad = torch.autograd.grad(soft, (y, z))  # the latents' gradients, not the weights'
+            opt.step()
         return best
 
     def aux_loss(self) -> torch.Tensor:
