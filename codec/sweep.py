@@ -39,7 +39,6 @@ CSV_FIELDS = ["codec", "quality", "image", "bytes", "bpp", "psnr-rgb", "ms-ssim-
               "encoding_time", "decoding_time"]
 
 
-
 class Devices(NamedTuple):
     """Where our models run ("cpu" or "cuda"): `code` codes and decodes the files, `search` runs the
     -refine codecs' encoder-side search. Classical codecs ignore both."""
