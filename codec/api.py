@@ -108,7 +108,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
         raise ValueError("give at most one of bpp and size")
     model_id = zoo.DEFAULT_MODEL.get(model, model)
     net, meta, whash = zoo.load(model_id, device)
-    searcher = zoo.load(model_id, refine_device)[0] if refine and refine_device not in (None, device) else net
+    searcher = zoo.load(model_id, refine_device or device)[0] if refine else net  # zoo.load caches: net if alike
     if meta["family"] != "vq" and (codebook is not None or depth is not None):
         raise ValueError("codebook and depth apply to the vq model only")
     if refine < 0:
@@ -155,8 +155,7 @@ def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float,
         z = features
         if refine and header.depth == 1:
             on = _device_of(searcher)
-            z = searcher.autoencoder.refine(x.to(on), features.to(on), codes if searcher is net else
-                                            searcher.codebook(header.codebook)[0], refine,
+            z = searcher.autoencoder.refine(x.to(on), features.to(on), searcher.codebook(header.codebook)[0], refine,
                                             size=(header.height, header.width)).to(x.device)
         maps = net.autoencoder.quantizer.indices(z, header.depth, codes)
         return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))

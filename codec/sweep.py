@@ -42,8 +42,8 @@ CSV_FIELDS = ["codec", "quality", "image", "bytes", "bpp", "psnr-rgb", "ms-ssim-
 class Devices(NamedTuple):
     """Where our models run ("cpu" or "cuda"): `code` codes and decodes the files, `search` runs the
     -refine codecs' encoder-side search. Classical codecs ignore both."""
-    code: str = "cpu"
-    search: str = "cpu"
+    code: str
+    search: str
 
 
 # A coder: (rgb, quality, devices) -> (file bytes, decoded rgb, encode seconds, decode seconds).

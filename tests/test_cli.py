@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from codec.cli import main
 from tests.conftest import SAMPLES
@@ -115,7 +116,7 @@ def test_bad_usage_gives_exit_2(tmp_path, capsys, argv, monkeypatch):
     assert code == 2 and err.startswith("codec: error: ") and err.count("\n") == 1
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU to search on")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU to search on")
 def test_a_search_on_a_missing_gpu_is_refused_in_one_line(tmp_path, capsys):
     code, _, err = run(capsys, "encode", str(SAMPLE), str(tmp_path / "x.bin"), "--refine", "2", "--refine-device", "cuda")
     assert code == 2 and "no CUDA device" in err and err.count("\n") == 1
