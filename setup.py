@@ -1,10 +1,12 @@
 """Installs the `codec` and `bitstream` packages and builds the C++ range coder (cpp/) with pybind11."""
+import re
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
+version = re.search(r'__version__ = "([^"]+)"', (here / "codec" / "__init__.py").read_text()).group(1)
 requirements = [
     line.split("#")[0].strip()
     for line in (here / "requirements.txt").read_text().splitlines()
@@ -13,7 +15,7 @@ requirements = [
 
 setup(
     name="codec",
-    version="0.1.0",
+    version=version,
     description="A learned image codec with a C++ range coder and self-describing bitstreams",
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from bitstream.errors import BitstreamError
 
 MAGIC = b"LIC\x1a"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 lacks the writer's release
 MAX_SIDE = 1 << 16          # width and height are at most 65536
 MAX_PIXELS = 1 << 28        # and together at most 268 M pixels
 MAX_MODEL_ID = 32
@@ -41,6 +42,11 @@ class Header:
     depth: int = 0          # residual-VQ depth, 0 when unused
     mode: str = "image"
     version: int = VERSION
+    release: tuple[int, int, int] | None = None  # the codec release that wrote the file (None in version 1)
+
+    @property
+    def release_name(self) -> str:
+        return "a release before 0.2.0" if self.release is None else "codec " + ".".join(map(str, self.release))
 
 
 @dataclass
@@ -114,9 +120,13 @@ def header_bytes(h: Header) -> bytes:
         raise ValueError("model id must be 1..32 ASCII bytes and the weights hash 4 bytes")
     if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE and h.width * h.height <= MAX_PIXELS):
         raise ValueError(f"image size {h.width}x{h.height} is outside what the format holds")
+    if h.version not in READABLE_VERSIONS:
+        raise ValueError(f"unknown format version {h.version}")
+    if h.version >= 2 and (h.release is None or len(h.release) != 3 or not all(0 <= v < 256 for v in h.release)):
+        raise ValueError("format 2 records the writer's release: three numbers 0..255")
     out = bytearray(MAGIC)
     out += bytes([h.version, FAMILIES.index(h.family), MODES.index(h.mode), 0, len(mid)])
-    out += mid + h.weights_hash
+    out += mid + h.weights_hash + (bytes(h.release) if h.version >= 2 else b"")
     _put_varint(out, h.width - 1)
     _put_varint(out, h.height - 1)
     _put_varint(out, int(round(h.quality * 100)))
@@ -151,8 +161,9 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     if r.take(min(4, len(data))) != MAGIC:
         raise BitstreamError("not a codec bitstream (wrong magic bytes)")
     version, family, mode, flags, id_len = (r.u8() for _ in range(5))
-    if version != VERSION:
-        raise BitstreamError(f"unsupported format version {version} (this reader knows {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(f"unsupported format version {version} (this reader knows "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}): written by a newer codec release?")
     if family >= len(FAMILIES) or mode >= len(MODES) or flags != 0:
         raise BitstreamError("corrupt header: unknown model family, mode or flags")
     if not 1 <= id_len <= MAX_MODEL_ID:
@@ -162,6 +173,7 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     except UnicodeDecodeError:
         raise BitstreamError("corrupt header: model id is not ASCII") from None
     weights_hash = r.take(4)
+    release = tuple(r.take(3)) if version >= 2 else None
     width = r.varint(MAX_SIDE - 1, "width") + 1
     height = r.varint(MAX_SIDE - 1, "height") + 1
     if width * height > MAX_PIXELS:
@@ -174,7 +186,7 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     if crc != zlib.crc32(data[:r.pos - 4]):
         raise BitstreamError("corrupt header (CRC mismatch)")
     header = Header(FAMILIES[family], model_id, weights_hash, width, height, quality, codebook, depth,
-                    MODES[mode], version)
+                    MODES[mode], version, release)
     return header, count, r.pos
 
 
@@ -218,7 +230,7 @@ def describe(data: bytes) -> dict:
     h = c.header
     return {
         "format_version": h.version, "family": h.family, "model_id": h.model_id,
-        "weights_hash": h.weights_hash.hex(), "mode": h.mode, "width": h.width, "height": h.height,
+        "weights_hash": h.weights_hash.hex(), "written_by": h.release_name, "mode": h.mode, "width": h.width, "height": h.height,
         "quality": h.quality, "codebook": h.codebook, "depth": h.depth, "bytes": len(data),
         "packets": [{"offset": p.offset, "length": p.length, "kind": p.kind.name.lower(),
                      "first": p.first, "count": p.count} for p in c.packets],

@@ -17,13 +17,11 @@ from PIL import Image
 
 import bitstream
 from bitstream import BitstreamError, Container, Header
-from codec import zoo
-from codec.entropy import hp as hp_entropy
-from codec.entropy import vq as vq_entropy
+from codec import __version__, zoo
 from codec.io import ImageReadError, load_image
 
-PAD = 64  # the hp transforms downsample by 64 in all (16 for y, 4 more for z)
-VQ_PAD = 16  # the vq transforms downsample by 16
+RELEASE = tuple(int(v) for v in __version__.split("."))  # recorded in every file written
+
 # The networks run on a whole image at once: about 0.55 KB of memory a pixel on CPU (4.1 GB peak
 # for 6.3 M pixels), so larger images are refused rather than left to exhaust memory.
 MAX_PIXELS = 1 << 25
@@ -41,11 +39,6 @@ def as_rgb(image) -> np.ndarray:
     return load_image(image)
 
 
-def level_of(model, quality: float) -> torch.Tensor:
-    """quality 0..100 (stored to 0.01) -> continuous rate level over the trained lambdas."""
-    return torch.tensor([quality / 100 * (model.n_levels - 1)], dtype=torch.float32)
-
-
 def _check_quality(quality: float) -> float:
     if not (isinstance(quality, (int, float)) and math.isfinite(quality)):
         raise ValueError(f"quality must be a number, got {quality!r}")
@@ -54,7 +47,7 @@ def _check_quality(quality: float) -> float:
     return round(float(quality), 2)  # the header stores hundredths; encode with what decode will see
 
 
-def to_tensor(rgb: np.ndarray, device: str, pad: int = PAD) -> torch.Tensor:
+def to_tensor(rgb: np.ndarray, device: str, pad: int) -> torch.Tensor:
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
     h, w = x.shape[2:]
     # Replicate-pad to whole blocks: an edge copy costs fewer bits than a black border.
@@ -66,30 +59,10 @@ def to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
     return x.permute(1, 2, 0).cpu().numpy()
 
 
-def vq_points(meta: dict) -> list[tuple[int, int]]:
-    """A vq model's operating points (codebook size K, depth D) from its metadata, in increasing
-    rate: every codebook at depth 1, then the main codebook with each further residual stage."""
-    main = meta["codebook_size"]
-    return ([(k, 1) for k in (*meta["level_sizes"], main)]
-            + [(main, d) for d in range(2, len(meta["residual_sizes"]) + 2)])
-
-
 def model_qualities(model: str) -> list[float]:
     """The qualities at which a shipped model's operating points lie: one per trained rate level (hp)
     or per (codebook, depth) point (vq), evenly spaced over 0..100. A sweep measures these."""
-    meta = zoo.read_meta(zoo.weights_path(model))
-    n = len(meta["lambdas"]) if meta["family"] == "hp" else len(vq_points(meta))
-    return [point_quality(i, n) for i in range(n)]
-
-
-def point_quality(i: int, n: int) -> float:
-    """Operating point i of n, evenly spaced over qualities 0..100 (in the header's hundredths)."""
-    return round(100 * i / (n - 1), 2)
-
-
-def vq_point_index(points: list, quality: float) -> int:
-    """quality 0..100 -> index of the vq operating point it selects (the inverse of point_quality)."""
-    return round(quality / 100 * (len(points) - 1))
+    return zoo.load(zoo.DEFAULT_MODEL.get(model, model))[0].qualities()
 
 
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
@@ -109,8 +82,9 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     model_id = zoo.DEFAULT_MODEL.get(model, model)
     net, meta, whash = zoo.load(model_id, device)
     searcher = zoo.load(model_id, refine_device or device)[0] if refine else net  # zoo.load caches: net if alike
-    if meta["family"] != "vq" and (codebook is not None or depth is not None):
-        raise ValueError("codebook and depth apply to the vq model only")
+    net.operating_point(0.0, codebook, depth)  # the knobs' validity, before any image work
+    if (bpp is not None or size is not None) and (codebook is not None or depth is not None):
+        raise ValueError("give a rate target (bpp or size) or a codebook and depth, not both")
     if refine < 0:
         raise ValueError(f"refine must be >= 0 steps, not {refine}")
     rgb = as_rgb(image)
@@ -118,63 +92,22 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     if h * w > MAX_PIXELS:
         raise ImageReadError(f"a {w}x{h} image has {h * w / 1e6:.1f} M pixels; this version codes at most "
                              f"{MAX_PIXELS / 1e6:.1f} M in one piece")
-    header = Header(family=meta["family"], model_id=meta["model_id"], weights_hash=whash, width=w, height=h)
+    header = Header(family=net.family, model_id=model_id, weights_hash=whash, width=w, height=h, release=RELEASE)
     bitstream.container.header_bytes(header)  # validates the size before any model work
     budget = budget_bytes(bpp, size, w, h)
-    if meta["family"] == "vq":
-        return _encode_vq(net, meta, to_tensor(rgb, device, VQ_PAD), header, quality, codebook, depth, budget, refine,
-                          searcher)
-    x = to_tensor(rgb, device)
-    with torch.no_grad():
-        features = net.analysis(x)  # the same at every quality: computed once for a rate search
+    x = to_tensor(rgb, device, net.stride)
+    features = net.prepare(x)  # the same at every rate: computed once for a rate search
 
     def at(q: float) -> bytes:
-        header.quality = _check_quality(q)
-        level = level_of(net, header.quality).to(device)
-        y, z = net.analyse(x, level, features)
-        if refine:
-            on = _device_of(searcher)
-            y, z = searcher.refine(x.to(on), y.to(on), z.to(on), level.to(on), refine, size=(h, w))
-            y, z = y.to(device), z.to(device)
-        packets, _ = hp_entropy.compress(net, y, z, level)
-        return bitstream.write(Container(header, packets))
+        header.quality, header.codebook, header.depth = net.operating_point(_check_quality(q), codebook, depth)
+        return bitstream.write(Container(header, net.compress(x, features, header, refine, searcher)))
 
-    return at(quality) if budget is None else search_quality(at, budget)
-
-
-def _encode_vq(net, meta: dict, x: torch.Tensor, header: Header, quality: float, codebook: int | None, depth: int | None,
-               budget: float | None, refine: int, searcher) -> bytes:
-    points = vq_points(meta)
-    with torch.no_grad():
-        features = net.autoencoder.g_a(x)
-
-    def at(i: int) -> bytes:
-        header.codebook, header.depth = points[i]
-        header.quality = point_quality(i, len(points))
-        codes, _ = net.codebook(header.codebook)
-        z = features
-        if refine and header.depth == 1:
-            on = _device_of(searcher)
-            z = searcher.autoencoder.refine(x.to(on), features.to(on), searcher.codebook(header.codebook)[0], refine,
-                                            size=(header.height, header.width)).to(x.device)
-        maps = net.autoencoder.quantizer.indices(z, header.depth, codes)
-        return bitstream.write(Container(header, vq_entropy.compress(net, [m[0] for m in maps], header.codebook)))
-
-    if budget is not None:
-        if codebook is not None or depth is not None:
-            raise ValueError("give a rate target (bpp or size) or a codebook and depth, not both")
-        return search_point(at, len(points), budget)
-    if codebook is None and depth is None:
-        return at(vq_point_index(points, _check_quality(quality)))
-    point = (codebook or net.autoencoder.quantizer.codebook_size, depth or 1)
-    if point not in points:
-        raise ValueError(f"no operating point with codebook {point[0]} and depth {point[1]} (this model has: "
-                         + ", ".join(f"{k}" if d == 1 else f"{k}x{d}" for k, d in points) + ")")
-    return at(points.index(point))
-
-
-def _device_of(net) -> torch.device:
-    return next(net.parameters()).device
+    if budget is None:
+        return at(quality)
+    if net.continuous_quality:
+        return search_quality(at, budget)
+    qualities = net.qualities()
+    return search_point(lambda i: at(qualities[i]), len(qualities), budget)
 
 
 def search_point(at, n: int, budget: float) -> bytes:
@@ -230,37 +163,35 @@ def search_quality(at, budget: float, iterations: int = 10) -> bytes:
 def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.ndarray:
     """The bytes of a .bin file -> (H, W, 3) uint8.
 
-    conceal: damaged or missing latent packets are replaced by the prior's prediction instead of
-    failing (the hyper-latent packet cannot be concealed)."""
+    conceal: damaged or missing packets are replaced by the prior's prediction where the model can
+    predict them, instead of failing."""
     container = bitstream.read(data, strict=not conceal)
     header = container.header
     if header.width * header.height > MAX_PIXELS:
         raise BitstreamError(f"a {header.width}x{header.height} image is larger than this version decodes "
                              f"({MAX_PIXELS / 1e6:.1f} M pixels)")
+    net = model_of(header, device)
+    return to_rgb(net.decompress(container.packets, header, conceal), header.height, header.width)
+
+
+def model_of(header: Header, device: str = "cpu"):
+    """The network a file's header names, with the very weights that wrote it; otherwise a
+    BitstreamError naming the model and the release that wrote the file."""
+    model_id = zoo.DEFAULT_MODEL.get(header.model_id, header.model_id)  # format 1 recorded the family
     try:
-        net, meta, whash = zoo.load(header.model_id, device)
-    except zoo.ModelNotFound as e:
-        raise BitstreamError(f"this file needs model {header.model_id!r}, which is not installed ({e})") from None
+        net, _, whash = zoo.load(model_id, device)
+    except zoo.ModelNotFound:
+        raise BitstreamError(f"this file needs model {header.model_id!r}, which this release (codec {__version__}: "
+                             f"{', '.join(zoo.MODELS)}) does not ship; decode it with {header.release_name}, "
+                             "which wrote it") from None
     if whash != header.weights_hash:
-        raise BitstreamError(f"this file was made with other weights for model {header.model_id!r} "
-                             f"({header.weights_hash.hex()} here {whash.hex()})")
-    if header.family == "vq":
-        return _decode_vq(net, meta, container, header, device)
-    hp, wp = -(-header.height // PAD) * PAD, -(-header.width // PAD) * PAD
-    level = level_of(net, header.quality).to(device)
-    y_hat = hp_entropy.decompress(net, container.packets, (hp // 16, wp // 16), level, conceal=conceal)
-    return to_rgb(net.synthesise(y_hat.to(device), level), header.height, header.width)
-
-
-def _decode_vq(net, meta: dict, container: Container, header: Header, device: str) -> np.ndarray:
-    if (header.codebook, header.depth) not in vq_points(meta):
-        raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
-                             f"which model {header.model_id!r} does not have")
-    hw = (-(-header.height // VQ_PAD), -(-header.width // VQ_PAD))
-    maps = vq_entropy.decompress(net, container.packets, hw, header.codebook, header.depth)
-    codes, _ = net.codebook(header.codebook)
-    x_hat = net.autoencoder.synthesise([m[None].to(device) for m in maps], codes)
-    return to_rgb(x_hat, header.height, header.width)
+        raise BitstreamError(f"this file needs model {header.model_id!r} with weights {header.weights_hash.hex()}, "
+                             f"but this release's {model_id} (codec {__version__}) has weights {whash.hex()}; "
+                             f"decode it with {header.release_name}, which wrote it")
+    if net.family != header.family:
+        raise BitstreamError(f"corrupt header: family {header.family!r}, but model {header.model_id!r} is "
+                             f"{net.family!r}")
+    return net
 
 
 def decode(data: bytes, device: str = "cpu") -> Image.Image:

@@ -94,10 +94,10 @@ def _refined_vq_qualities(count: int = 3) -> Callable[[], list[float]]:
     """The vq points at depth 1 with the `count` largest codebooks: where the vq curve meets the
     classical codecs' lowest settings (refinement costs ~20 decodes of time per image and point)."""
     def qualities() -> list[float]:
-        from codec import api, zoo
-        points = api.vq_points(zoo.read_meta(zoo.weights_path("vq")))
-        depth1 = [i for i, (_, d) in enumerate(points) if d == 1][-count:]
-        return [api.point_quality(i, len(points)) for i in depth1]
+        from codec import zoo
+        net = zoo.load("vq")[0]
+        depth1 = [i for i, (_, d) in enumerate(net.points) if d == 1][-count:]
+        return [net.qualities()[i] for i in depth1]
     return qualities
 
 

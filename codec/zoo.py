@@ -20,14 +20,21 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
+from codec.models.hp import ConditionedCheckerboard, scale_table
+from codec.models.vq import VQCodec
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-# Model id -> weights file. The id is what a .bin header records.
+# Versioned model id (family, architecture, weights version) -> weights file. The id is what a .bin
+# header records, beside the weights' hash: new weights get a new id, so a file never silently meets
+# weights it was not made with. A release ships the ids below; a file naming another is refused.
 MODELS = {
-    "hp": "hp-cbc2-v8.safetensors",
-    "vq": "vq-v3.safetensors",
+    "hp-cbc2-v8": "hp-cbc2-v8.safetensors",
+    "vq-v3": "vq-v3.safetensors",
 }
-DEFAULT_MODEL = {"hp": "hp", "vq": "vq"}
+# What `--model hp` / `--model vq` mean in this release. Format-1 files recorded these family names
+# as their model id; they decode when their weights hash is the default model's.
+DEFAULT_MODEL = {"hp": "hp-cbc2-v8", "vq": "vq-v3"}
 
 _TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
@@ -40,38 +47,26 @@ def is_table(key: str) -> bool:
     return key.endswith(_TABLE_SUFFIXES)
 
 
-# hp architecture name (what a weights file's metadata records) -> its class in codec.models.hp.
-ARCHITECTURES = {
-    "mean-scale": "GainedMeanScaleHyperprior",
-    "checkerboard": "GainedCheckerboardHyperprior",
-    "checkerboard-res": "GainedResidualCheckerboard",
-    "checkerboard-res2": "GainedResidualCheckerboard2",
-    "checkerboard-wide": "GainedWideCheckerboard",
-    "checkerboard-wider": "GainedWiderCheckerboard",
-    "checkerboard-groups": "GainedGroupedCheckerboard",
-    "checkerboard-cond": "GainedConditionedCheckerboard",
-    "checkerboard-cond2": "GainedConditionedCheckerboard2",
-    "checkerboard-full": "GainedFullCheckerboard",
-}
+# Architecture name (what a weights file's metadata records) -> its class: the registry that
+# api.py, training and the tools look a model up in. Each class implements the same seam: forward
+# (training), prepare/compress (image -> packets) and decompress (packets -> image).
+ARCHITECTURES = {cls.arch: cls for cls in (ConditionedCheckerboard, VQCodec)}
 
 
 def build(family: str, config: dict) -> torch.nn.Module:
-    """A fresh network from a weights file's metadata (family, arch, N, M, lambdas)."""
-    if family == "hp":
-        from codec.models import hp
-        arch = config.get("arch", "mean-scale")
-        if arch not in ARCHITECTURES:
-            raise ModelNotFound(f"unknown hp architecture {arch!r}")
-        return getattr(hp, ARCHITECTURES[arch])(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
+    """A fresh network from a weights file's metadata (family, arch and the constructor's arguments)."""
+    arch = config.get("arch", "vq-f16" if family == "vq" else None)  # vq-v3 predates the arch field
+    cls = ARCHITECTURES.get(arch)
+    if cls is None or cls.family != family:
+        raise ModelNotFound(f"unknown {family} architecture {arch!r} (this release has: "
+                            + ", ".join(ARCHITECTURES) + ")")
     if family == "vq":
-        from codec.models.vq import VQCodec
-        return VQCodec(config)
-    raise ModelNotFound(f"unknown model family {family!r}")
+        return cls(config)
+    return cls(N=config["N"], M=config["M"], lambdas=tuple(config["lambdas"]))
 
 
 def update_tables(model: torch.nn.Module) -> None:
     """Compute integer CDF tables from the current parameters (export time only)."""
-    from codec.models.hp import scale_table
     model.gaussian_conditional.update_scale_table(scale_table(), force=True)
     model.entropy_bottleneck.update(force=True)
 
@@ -129,7 +124,7 @@ def load_file(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, d
     meta = read_meta(path)
     model = build(meta["family"], meta)
     params = model.state_dict()
-    tensors = load_tensors(_weights_bytes(path))
+    tensors = {_current_name(model, key): value for key, value in load_tensors(_weights_bytes(path)).items()}
     missing = sorted(k for k in params if k not in tensors)
     if missing:
         raise ModelNotFound(f"{path} lacks {len(missing)} tensors, e.g. {missing[0]}")
@@ -141,6 +136,15 @@ def load_file(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, d
         else:
             params[key].copy_(value.float())
     return model.to(device).eval(), meta
+
+
+def _current_name(model: torch.nn.Module, key: str) -> str:
+    """A tensor's name in a weights file -> its name in the model, through the class's table of the
+    names its shipped weights were written under (SHIPPED_NAMES: old prefix -> new prefix)."""
+    for old, new in getattr(model, "SHIPPED_NAMES", {}).items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 def deterministic_kernels(device: str) -> None:

@@ -39,7 +39,7 @@ def test_encode_decode_info_round_trip_with_json(tmp_path, capsys, good_bin):
     assert code == 0 and json.loads(out)["width"] == 256
     code, out, _ = run(capsys, "info", tmp_path / "a.bin", "--json")
     info = json.loads(out)
-    assert code == 0 and info["model_id"] == "hp" and info["quality"] == 40.0
+    assert code == 0 and info["model_id"] == "hp-cbc2-v8" and info["quality"] == 40.0
     assert [p["kind"] for p in info["packets"]] == ["hyper", "latent"]
     assert info["packets"][-1]["offset"] + info["packets"][-1]["length"] == info["bytes"]
 
@@ -83,7 +83,7 @@ def test_absurd_header_dimensions_are_refused(tmp_path, capsys, good_bin):
     import zlib
     from bitstream.container import read_header
     _, _, first_packet = read_header(bytes(raw))
-    id_end = 9 + raw[8] + 4
+    id_end = 9 + raw[8] + 4 + 3  # magic and 5 bytes, the model id, its weights hash, the release
     header = bytes(raw[:id_end]) + b"\xff\xff\x03\xff\xff\x03" + bytes(raw[id_end + 4:first_packet - 4])
     forged = header + zlib.crc32(header).to_bytes(4, "little") + bytes(raw[first_packet:])
     (tmp_path / "absurd.bin").write_bytes(forged)

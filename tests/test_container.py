@@ -8,8 +8,8 @@ from bitstream.container import MAGIC
 
 
 def sample_container() -> Container:
-    header = Header(family="hp", model_id="hp", weights_hash=b"\x01\x02\x03\x04", width=768, height=512,
-                    quality=42.5)
+    header = Header(family="hp", model_id="hp-cbc2-v8", weights_hash=b"\x01\x02\x03\x04", width=768, height=512,
+                    quality=42.5, release=(0, 2, 0))
     return Container(header, [Packet(PacketKind.HYPER, 0, 128, b"z" * 40),
                               Packet(PacketKind.LATENT, 0, 192, bytes(range(256)) * 3)])
 

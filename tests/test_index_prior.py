@@ -3,8 +3,7 @@ import math
 import numpy as np
 import torch
 
-from codec.entropy import transformer
-from codec.entropy.transformer import IndexPrior
+from codec.models.index_prior import IndexPrior
 
 
 def test_groups_partition_the_map_in_lattice_squared_steps():
@@ -24,15 +23,15 @@ def test_index_maps_code_losslessly_with_an_untrained_prior_for_the_main_and_a_c
     prior = IndexPrior(64, code_dim=4, dim=32, depth=1, heads=2).eval()
     codes, identity = _codebook(64)
     indices = torch.randint(64, (6, 9))
-    data = transformer.encode(prior, indices, codes, identity)
-    assert torch.equal(transformer.decode(prior, data, 6, 9, codes, identity), indices)
+    data = prior.compress(indices, codes, identity)
+    assert torch.equal(prior.decompress(data, 6, 9, codes, identity), indices)
     # Nothing learned: about log2(K) bits an index (+ a little for the softmax's unevenness).
     assert len(data) * 8 / indices.numel() < math.log2(64) + 1
     # A clustered codebook of 8: the 64-way prediction is summed onto 8 clusters.
     small, mapping = _codebook(8)[0], torch.arange(64) % 8
     indices = torch.randint(8, (5, 7))
-    data = transformer.encode(prior, indices, small, mapping)
-    assert torch.equal(transformer.decode(prior, data, 5, 7, small, mapping), indices)
+    data = prior.compress(indices, small, mapping)
+    assert torch.equal(prior.decompress(data, 5, 7, small, mapping), indices)
     assert len(data) * 8 / indices.numel() < math.log2(8) + 1
 
 
@@ -58,7 +57,7 @@ def test_coded_bits_is_what_encode_spends():
     prior = IndexPrior(64, code_dim=4, dim=32, depth=1, heads=2).eval()
     for codes, mapping in (_codebook(64), (_codebook(8)[0], torch.arange(64) % 8)):
         maps = torch.randint(len(codes), (3, 12, 10))
-        coded = sum(len(transformer.encode(prior, m, codes, mapping)) * 8 for m in maps) / maps.numel()
+        coded = sum(len(prior.compress(m, codes, mapping)) * 8 for m in maps) / maps.numel()
         # The coder's integer CDFs and its final bytes cost a little more than the ideal length.
         assert prior.coded_bits(maps, codes, mapping) <= coded < prior.coded_bits(maps, codes, mapping) + 0.2
 
@@ -106,8 +105,8 @@ def test_a_trained_prior_codes_structured_maps_well_below_uniform():
         opt.step()
     prior.eval()
     maps = _toy_maps(8, k, gen)
-    bits = np.mean([len(transformer.encode(prior, m, codes, identity)) * 8 / m.numel() for m in maps])
-    assert all(torch.equal(transformer.decode(prior, transformer.encode(prior, m, codes, identity), 8, 8, codes,
+    bits = np.mean([len(prior.compress(m, codes, identity)) * 8 / m.numel() for m in maps])
+    assert all(torch.equal(prior.decompress(prior.compress(m, codes, identity), 8, 8, codes,
                                               identity), m) for m in maps[:2])
     # Positions of one group are coded in parallel and cannot see each other: in groups (0, 0) and
     # (1, 0) every position is new information (log2 16 = 4 bits), in groups (0, 1) and (1, 1) a

@@ -6,7 +6,7 @@ from codec import zoo
 
 
 def test_a_weights_file_split_into_parts_reads_as_the_file(tmp_path):
-    meta = {"family": "hp", "model_id": "hp", "arch": "checkerboard", "N": 16, "M": 24, "lambdas": [0.001, 0.01]}
+    meta = {"family": "hp", "model_id": "hp", "arch": "checkerboard-cond2", "N": 16, "M": 24, "lambdas": [0.001, 0.01]}
     torch.manual_seed(0)
     whole = tmp_path / "whole" / "w.safetensors"
     whole.parent.mkdir()

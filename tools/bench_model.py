@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from codec import api, zoo
-from codec.entropy import hp as hp_entropy
 from codec.io import find_images, load_image
 
 
@@ -44,16 +43,16 @@ def main() -> None:
     peer.update(force=True)
     zoo.deterministic_kernels(dev)  # as codec.api codes on a GPU, for the peer too
     net = zoo.load_file(args.hp_weights, dev)[0] if args.hp_weights else zoo.load("hp", dev)[0]
-    level = api.level_of(net, args.quality).to(dev)
+    level = net.level_of(args.quality).to(dev)
     rows = {"hp (ours)": [0.0, 0.0], "mbt2018-mean (CompressAI)": [0.0, 0.0]}
     if args.vq:
         rows[f"vq K={args.vq} (ours)"] = [0.0, 0.0]
     paths = find_images(args.dataset)[: args.images]
     for i, path in enumerate([paths[0]] + paths):  # the first image once more, untimed, to warm up
-        x = api.to_tensor(load_image(path), dev)
-        te, (packets, _) = timed(lambda: hp_entropy.compress(net, *net.analyse(x, level), level), dev)
+        x = api.to_tensor(load_image(path), dev, net.stride)
+        te, (packets, _) = timed(lambda: net.code_latents(*net.analyse(x, level), level), dev)
         hw = (x.shape[2] // 16, x.shape[3] // 16)
-        td, _ = timed(lambda: net.synthesise(hp_entropy.decompress(net, packets, hw, level), level), dev)
+        td, _ = timed(lambda: net.synthesise(net.decode_latents(packets, hw, level), level), dev)
         with torch.no_grad():
             pe, out = timed(lambda: peer.compress(x), dev)
             pd, _ = timed(lambda: peer.decompress(out["strings"], out["shape"]), dev)

@@ -1,20 +1,26 @@
-"""The `hp` family: scalar quantization with a Gaussian mean-scale hyperprior and gain units.
+"""The `hp` family: scalar quantization with a Gaussian mean-scale hyperprior, a grouped checkerboard
+context, and one network for every rate.
 
-One network serves every rate. A learned per-channel gain vector scales the latent before
-rounding (a larger gain is a finer quantizer, more bits) and an inverse gain undoes it before
-synthesis (Cui et al. 2021, "asymmetric gained" compression). Gains are learned at a few
-training levels, one per rate-distortion trade-off lambda; between levels the log-gains are
-interpolated, so the rate is continuous in `level`, a float in [0, n_levels - 1].
+`ConditionedCheckerboard` is the architecture that ships (`checkerboard-cond2`); how it came to be
+is in CHANGELOG.md and results/training/hp-cbc2-v8/RECIPE.md.
 
-Two paths, kept apart:
-  * `forward(x, level)` is the training path: additive-noise likelihoods and bits per pixel.
-  * `analyse` / `synthesise` and the `entropy` helpers are the coding path: integer symbols,
-    CDF-table indexes and tables that `codec.entropy.hp` hands to the range coder.
+* Rate: a learned per-channel gain scales the latent before rounding (a larger gain is a finer
+  quantizer) and an inverse gain undoes it before synthesis (Cui et al. 2021). Gains, and the
+  channel scales and shifts that tell the transforms the rate (Choi et al. 2019), are tables with
+  one row per trained lambda; between rows they are interpolated, so `level` is a float in
+  [0, n_levels - 1] and the rate is continuous.
+* Latent prior: the latent's first B channels are coded in two checkerboard halves (He et al.
+  2021), each half in four uneven channel groups (ELIC, He et al. 2022); the last M - B channels in
+  a ninth pass from a channel context. Every pass sees the hyperprior and the passes before it.
+
+Two paths, kept apart: `forward` (training: additive-noise likelihoods) and `compress` /
+`decompress` (integer symbols and packets; the entropy layer gets plain arrays).
 """
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,16 +29,18 @@ with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecatio
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.layers import GDN
 
-from codec.quantizers.scalar import annealed_round, round_straight_through
+from bitstream import BitstreamError, Header, Packet, PacketKind
+from codec.entropy.tables import Tables, channel_indexes, scale_indexes
+from codec.quantizers.scalar import annealed_round, dequantize, quantize, round_straight_through
 
-# Training lambdas (MSE scaled to 8-bit pixels, as in CompressAI); level i trades off lambdas[i].
-LAMBDAS = (0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932)
+# Rate-distortion trade-offs of the shipped model's levels (MSE on 8-bit pixels, as in CompressAI).
+LAMBDAS = (0.00013, 0.00035, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.2, 0.45, 0.9)
 
 # Scale table shared by encoder and decoder: scales are snapped to these before CDF lookup.
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
 
-# --refine's search (GainedMeanScaleHyperprior.refine): Adam's step, the annealing's temperatures at
-# the first and last step, and how often the real coded loss is measured.
+# --refine's search: Adam's step, the annealing's temperatures at the first and last step, and how
+# often the real coded loss is measured.
 REFINE_LR, REFINE_TEMPERATURES, REFINE_CHECK_EVERY = 0.01, (0.5, 0.05), 10
 
 
@@ -46,70 +54,134 @@ def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
 
 
 def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2,
-                              output_padding=stride - 1)
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
 
 
-class GainedMeanScaleHyperprior(nn.Module):
-    """x: (B, 3, H, W) in [0, 1], H and W multiples of 64 -> y: (B, M, H/16, W/16), z: (B, N, H/64, W/64)."""
+class ResidualBlock(nn.Module):
+    """x + body(x): conv 3x3, leaky ReLU, conv 3x3; or, as a `bottleneck`, ELIC's 1x1 down to half
+    the channels, 3x3, 1x1 back (cheap enough for half resolution). The last convolution starts at
+    zero, so a fresh block is the identity."""
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
+    def __init__(self, channels: int, bottleneck: bool = False):
         super().__init__()
-        n_levels = len(lambdas)
-        self.N, self.M, self.n_levels, self.lambdas = N, M, n_levels, tuple(lambdas)
-        T = self.T = self.transform_channels(N)
-        self.g_a = nn.Sequential(conv(3, T), GDN(T), conv(T, T), GDN(T), conv(T, T), GDN(T), conv(T, M))
-        self.g_s = nn.Sequential(deconv(M, T), GDN(T, inverse=True), deconv(T, T), GDN(T, inverse=True),
-                                 deconv(T, T), GDN(T, inverse=True), deconv(T, 3))
-        self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N),
-                                 nn.LeakyReLU(inplace=True), conv(N, N))
-        # h_s predicts (scale, mean) of every latent channel.
-        self.h_s = nn.Sequential(deconv(N, N), nn.LeakyReLU(inplace=True), deconv(N, N),
-                                 nn.LeakyReLU(inplace=True), conv(N, 2 * M, 3, 1))
-        # Log-gains per level and channel. For MSE the best uniform quantizer step goes as
-        # 1/sqrt(lambda), so the gains start at sqrt(lambda / lambda_mid) and training refines them.
+        if bottleneck:
+            hidden = channels // 2
+            layers = [conv(channels, hidden, 1, 1), nn.LeakyReLU(inplace=True), conv(hidden, hidden, 3, 1),
+                      nn.LeakyReLU(inplace=True), conv(hidden, channels, 1, 1)]
+        else:
+            layers = [conv(channels, channels, 3, 1), nn.LeakyReLU(inplace=True), conv(channels, channels, 3, 1)]
+        self.body = nn.Sequential(*layers)
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def group_head(seen: int, size: int) -> nn.ModuleDict:
+    """The prior correction of one channel group: a 3x3 context over the `seen` channels decoded
+    before it, then 1x1 layers from that context and the group's uncorrected (log-scale, mean) to a
+    log-scale factor and a mean shift. The last layer starts at zero: a fresh head corrects nothing."""
+    width = max(64, seen + size)
+    out = nn.Conv2d(width, 2 * size, 1)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.ModuleDict({"context": conv(seen, width, 3, 1), "params": nn.Sequential(
+        nn.Conv2d(width + 2 * size, width, 1), nn.LeakyReLU(inplace=True), out)})
+
+
+class ConditionedCheckerboard(nn.Module):
+    """x: (B, 3, H, W) in [0, 1], H and W multiples of 64 -> y: (B, M, H/16, W/16), z: (B, N, H/64, W/64).
+
+    N: hyperprior channels; M: latent channels, the first B = 3M/4 coded in the checkerboard passes;
+    the transforms are T = 3N/2 wide."""
+
+    family, arch, stride = "hp", "checkerboard-cond2", 64
+    continuous_quality = True  # any quality in 0..100 is a rate of its own
+    # Tables with one row per trained level, interpolated between levels (level_rows).
+    GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
+    LEVEL_TABLES = GAIN_TABLES + ("synthesis_log_scale", "synthesis_shift", "analysis_log_scale", "analysis_shift")
+    CHANNEL_CONTEXT = 128
+
+    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
+        super().__init__()
+        self.N, self.M, self.lambdas, self.n_levels = N, M, tuple(lambdas), len(lambdas)
+        T = self.T = 3 * N // 2
+        B = self.B = 3 * M // 4
+        # Analysis, in resolution stages; the rate is told after the quarter and the eighth stages.
+        # The half and quarter stages are rate-free (two thirds of the arithmetic): a rate search
+        # computes them once.
+        self.analysis_half = nn.Sequential(conv(3, T), GDN(T), ResidualBlock(T, True), ResidualBlock(T, True))
+        self.analysis_quarter = nn.Sequential(conv(T, T), GDN(T))
+        self.analysis_eighth = nn.Sequential(ResidualBlock(T), conv(T, T), GDN(T))
+        self.analysis_latent = conv(T, M)
+        # Synthesis, mirrored; the rate is told after the eighth, quarter and half stages.
+        self.synthesis_eighth = nn.Sequential(deconv(M, T), GDN(T, inverse=True))
+        self.synthesis_quarter = nn.Sequential(deconv(T, T), GDN(T, inverse=True))
+        self.synthesis_half = nn.Sequential(ResidualBlock(T), deconv(T, T), GDN(T, inverse=True))
+        self.synthesis_full = nn.Sequential(ResidualBlock(T, True), ResidualBlock(T, True), deconv(T, 3))
+        self.hyper_analysis = nn.Sequential(conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N),
+                                            nn.LeakyReLU(inplace=True), conv(N, N))
+        # (scale, mean) features of every latent channel: 2B for the checkerboard, 2(M - B) for the rest.
+        self.hyper_synthesis = nn.Sequential(deconv(N, N), nn.LeakyReLU(inplace=True), deconv(N, N),
+                                             nn.LeakyReLU(inplace=True), conv(N, 2 * M, 3, 1))
+        # The checkerboard prior: anchors ((i + j) even) from the hyperprior alone, the other half also
+        # from a 5x5 context over the decoded anchors (B context channels: its largest layer).
+        self.checkerboard_context = conv(B, B, 5, 1)
+        self.checkerboard_parameters = nn.Sequential(
+            nn.Conv2d(3 * B, 10 * B // 3, 1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(10 * B // 3, 8 * B // 3, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(8 * B // 3, 2 * B, 1))
+        # Each half's groups after the first correct the checkerboard prior from the groups before them.
+        sizes = (B // 12, B // 12, B // 6, B - B // 3)
+        self.group_starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
+        self.group_heads = nn.ModuleList(group_head(self.group_starts[g], sizes[g])
+                                         for _half in range(2) for g in range(1, len(sizes)))
+        # The last M - B channels: hyperprior + a 3x3 channel context over all B decoded ones.
+        E, C = M - B, self.CHANNEL_CONTEXT
+        self.extra_context = conv(B, C, 3, 1)
+        self.extra_parameters = nn.Sequential(nn.Conv2d(2 * E + C, 3 * E, 1), nn.LeakyReLU(inplace=True),
+                                              nn.Conv2d(3 * E, 2 * E, 1))
+        # Log-gains per level and channel. The best uniform quantizer step goes as 1/sqrt(lambda)
+        # for MSE, so the gains start at sqrt(lambda / lambda_mid).
         log_l = torch.log(torch.tensor(lambdas, dtype=torch.float32))
         init = (0.5 * (log_l - log_l.mean()))[:, None]
         self.log_gain = nn.Parameter(init.repeat(1, M))
         self.log_inv_gain = nn.Parameter(-init.repeat(1, M))
         self.log_hyper_gain = nn.Parameter(init.repeat(1, N))
         self.log_hyper_inv_gain = nn.Parameter(-init.repeat(1, N))
+        # The transforms told the rate: per-level channel scales and shifts, starting at the identity.
+        self.synthesis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 3 * T))
+        self.synthesis_shift = nn.Parameter(torch.zeros(self.n_levels, 3 * T))
+        self.analysis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 2 * T))
+        self.analysis_shift = nn.Parameter(torch.zeros(self.n_levels, 2 * T))
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None, scale_bound=SCALE_MIN)
 
-    @staticmethod
-    def transform_channels(N: int) -> int:
-        """Width of g_a and g_s (and of their residual blocks); the hyperprior's is N."""
-        return N
-
-    # The transforms are methods, not bare g_a / g_s calls, so a subclass can grow them (more layers
-    # between the trained ones) and still load the trained ones' weights under their names.
-
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        """The rate-free part of the analysis: computed once, it serves every level (a rate search)."""
-        return self.g_a(x)
-
-    def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """analysis(x) -> y before its gain, at rates `level` (B,): the rest of the analysis, for an
-        architecture whose analysis is told the rate (none here)."""
-        return features
-
-    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """y: the latent with its gain undone; level: (B,) rates, for an architecture whose synthesis
-        is told the rate (this one's is not)."""
-        return self.g_s(y)
-
-    # Parameters with a row per trained level (interpolated between levels by level_rows):
-    # the gains, and in a subclass other tables; codec.train.transfer_level_tables carries them over
-    # to other lambdas.
-    GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
-    LEVEL_TABLES = GAIN_TABLES
+    # hp-cbc2-v8's parameter names (a chain of subclasses once grew this model) -> this class's.
+    # Read at load time, so the shipped file stays as it is until its weights are replaced.
+    SHIPPED_NAMES = {
+        "g_a.0.": "analysis_half.0.", "g_a.1.": "analysis_half.1.",
+        "analysis_fine.0.": "analysis_half.2.", "analysis_fine.1.": "analysis_half.3.",
+        "g_a.2.": "analysis_quarter.0.", "g_a.3.": "analysis_quarter.1.",
+        "analysis_block.": "analysis_eighth.0.", "g_a.4.": "analysis_eighth.1.", "g_a.5.": "analysis_eighth.2.",
+        "g_a.6.": "analysis_latent.",
+        "g_s.0.": "synthesis_eighth.0.", "g_s.1.": "synthesis_eighth.1.",
+        "g_s.2.": "synthesis_quarter.0.", "g_s.3.": "synthesis_quarter.1.",
+        "synthesis_block.": "synthesis_half.0.", "g_s.4.": "synthesis_half.1.", "g_s.5.": "synthesis_half.2.",
+        "synthesis_fine.0.": "synthesis_full.0.", "synthesis_fine.1.": "synthesis_full.1.",
+        "g_s.6.": "synthesis_full.2.",
+        "h_a.": "hyper_analysis.", "h_s.": "hyper_synthesis.",
+        "context.": "checkerboard_context.", "entropy_parameters.": "checkerboard_parameters.",
+        "channel_context.": "extra_context.",
+    }
 
     @staticmethod
     def encoder_side(name: str) -> bool:
         """Whether parameter `name` serves the encoder alone (the analysis transforms and the gains into
         y and z), so that the decoder and the entropy model can train on with it frozen."""
-        return name.split(".")[0] in ("g_a", "h_a", "log_gain", "log_hyper_gain") or name.startswith("analysis_")
+        return name.startswith(("analysis_", "hyper_analysis.")) or name in ("log_gain", "log_hyper_gain")
+
+    # --- rates ---
 
     def level_rows(self, table: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """table: (n_levels, C), level: (B,) floats in [0, n_levels-1] -> (B, C), interpolated
@@ -120,10 +192,7 @@ class GainedMeanScaleHyperprior(nn.Module):
         return (1 - t) * table[lo] + t * table[lo + 1]
 
     def gains(self, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """level: (B,) floats in [0, n_levels-1] -> four gain tensors shaped (B, C, 1, 1).
-
-        Log-gains are interpolated linearly between the two nearest trained levels, so the
-        gains themselves are interpolated geometrically and the rate moves smoothly."""
+        """level (B,) -> the four gains (B, C, 1, 1); log-gains interpolate linearly, so the rate moves smoothly."""
         return tuple(torch.exp(self.level_rows(getattr(self, name), level))[:, :, None, None]
                      for name in self.GAIN_TABLES)
 
@@ -135,23 +204,105 @@ class GainedMeanScaleHyperprior(nn.Module):
         t = level - lo
         return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
 
+    def level_of(self, quality: float) -> torch.Tensor:
+        """quality 0..100 -> the continuous level (1,) over the trained lambdas."""
+        return torch.tensor([quality / 100 * (self.n_levels - 1)], dtype=torch.float32)
+
+    def qualities(self) -> list[float]:
+        """The qualities of the trained levels, evenly spaced over 0..100: where a sweep measures."""
+        return [round(100 * i / (self.n_levels - 1), 2) for i in range(self.n_levels)]
+
+    def operating_point(self, quality: float, codebook: int | None, depth: int | None) -> tuple[float, int, int]:
+        """The user's rate knobs -> the header's (quality, codebook, depth)."""
+        if codebook is not None or depth is not None:
+            raise ValueError("codebook and depth apply to the vq model only")
+        return quality, 0, 0
+
+    def told(self, transform: str, level: torch.Tensor):
+        """-> a function (h, i) scaling and shifting h by chunk i of `transform`'s per-level tables."""
+        scales = torch.exp(self.level_rows(getattr(self, f"{transform}_log_scale"), level))
+        shifts = self.level_rows(getattr(self, f"{transform}_shift"), level)
+        T = self.T
+        return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
+                             + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
+
+    # --- transforms ---
+
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """The rate-free part of the analysis: computed once, it serves every level of a rate search."""
+        return self.analysis_quarter(self.analysis_half(x))
+
+    def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """analysis(x) -> y before its gain, at rates `level` (B,)."""
+        told = self.told("analysis", level)
+        return self.analysis_latent(told(self.analysis_eighth(told(features, 0)), 1))
+
+    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """y with its gain undone -> x_hat, unclamped."""
+        told = self.told("synthesis", level)
+        h = told(self.synthesis_quarter(told(self.synthesis_eighth(y), 0)), 1)
+        return self.synthesis_full(told(self.synthesis_half(h), 2))
+
     def hyper_features(self, z_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """Decoded z (gained) at rate `level` -> the features the latent prior is computed from."""
-        return self.h_s(z_hat * self.gains(level)[3])
+        return self.hyper_synthesis(z_hat * self.gains(level)[3])
 
-    # The latent is coded in passes: each pass codes the positions of its mask, with a prior that may
-    # look at the latents decoded by earlier passes. This model has one pass: the hyperprior alone.
+    # --- the latent prior: 9 passes ---
+
+    @staticmethod
+    def anchors(y: torch.Tensor) -> torch.Tensor:
+        """y: (B, C, h, w) -> the anchor positions, (i + j) even, as a bool mask (1, 1, h, w)."""
+        i = torch.arange(y.shape[2], device=y.device)[:, None]
+        j = torch.arange(y.shape[3], device=y.device)[None, :]
+        return ((i + j) % 2 == 0)[None, None]
 
     def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """y: (B, M, h, w) -> one bool mask (1, 1, h, w) per coding pass; together they cover y once."""
-        return [torch.ones((1, 1) + tuple(y.shape[2:]), dtype=torch.bool, device=y.device)]
+        """y: (B, M, h, w) -> one bool mask (1, M, h, w) per coding pass; together they cover y once:
+        anchors group by group, then the other half group by group, then the extra channels."""
+        anchor = self.anchors(y)
+        c = torch.arange(self.M, device=y.device)[None, :, None, None]
+        s = self.group_starts
+        groups = [(c >= s[g]) & (c < s[g + 1]) for g in range(len(s) - 1)]
+        return [half & group for half in (anchor, ~anchor) for group in groups] + [c >= self.B]
+
+    def checkerboard_prior(self, hyper: torch.Tensor, anchors_hat: torch.Tensor, half: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scales, means) of the B checkerboard channels for a half, padded to M channels with
+        zeros: anchors from the hyperprior alone, the other half also from the decoded anchors."""
+        B = self.B
+        ctx = hyper.new_zeros((hyper.shape[0], B) + hyper.shape[2:]) if half == 0 else \
+            self.checkerboard_context(anchors_hat[:, :B].to(hyper.dtype))
+        scales, means = self.checkerboard_parameters(torch.cat([hyper[:, :2 * B], ctx], 1)).float().chunk(2, 1)
+        pad = scales.new_zeros((scales.shape[0], self.M - B) + scales.shape[2:])
+        return torch.cat([scales, pad], 1), torch.cat([means, pad], 1)
 
     def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 (scales, means) of every latent for pass `step`; y_hat holds the latents decoded so
-        far (zero elsewhere); memo: a dict the caller keeps over one image's passes, in which a pass
-        may leave what a later one reuses."""
-        scales, means = hyper.float().chunk(2, 1)
+        far (zero elsewhere); memo: a dict the caller keeps over one image's passes."""
+        n_groups = len(self.group_starts) - 1
+        B = self.B
+        if step == 2 * n_groups:  # the extra channels, after every checkerboard channel
+            ctx = self.extra_context(y_hat[:, :B].to(hyper.dtype))
+            scales, means = self.extra_parameters(torch.cat([hyper[:, 2 * B:], ctx], 1)).float().chunk(2, 1)
+            pad = scales.new_zeros((scales.shape[0], B) + scales.shape[2:])
+            return torch.cat([pad, scales], 1), torch.cat([pad, means], 1)
+        half, g = divmod(step, n_groups)
+        # The checkerboard prior is the same for every group of a half: its context sees the
+        # anchors only, all of them decoded before the second half's first group.
+        if half not in memo:
+            anchors_hat = torch.where(self.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
+            memo[half] = self.checkerboard_prior(hyper, anchors_hat, half)
+        scales, means = memo[half]
+        if g == 0:
+            return scales, means
+        lo, hi = self.group_starts[g], self.group_starts[g + 1]
+        head = self.group_heads[half * (n_groups - 1) + g - 1]
+        seen = head["context"](y_hat[:, :lo].to(hyper.dtype))
+        prior = torch.cat([torch.log(scales[:, lo:hi].clamp(min=SCALE_MIN)), means[:, lo:hi]], 1)
+        log_factor, shift = head["params"](torch.cat([seen, prior.to(seen.dtype)], 1)).float().chunk(2, 1)
+        scales = torch.cat([scales[:, :lo], scales[:, lo:hi] * torch.exp(log_factor), scales[:, hi:]], 1)
+        means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
         return scales, means
 
     def latent_prior(self, y: torch.Tensor, hyper: torch.Tensor, quantize=round_straight_through
@@ -167,35 +318,39 @@ class GainedMeanScaleHyperprior(nn.Module):
             y_hat = torch.where(mask, rounded, y_hat)
         return scales, means, y_hat
 
+    # --- training path ---
+
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> dict:
         gain, inv_gain, hgain, _ = self.gains(level)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             y = self.analysis_head(self.analysis(x), level)
         y = y.float() * gain
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
-            z = self.h_a(y)
+            z = self.hyper_analysis(y)
         # Likelihoods stay in float32: bf16 would blur the rate term.
         z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * hgain)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             hyper = self.hyper_features(z_hat, level)
-        # The synthesis sees the rounded latent (straight-through), as the decoder will;
-        # the rate term sees additive noise.
+        # The synthesis sees the rounded latent (straight-through), as the decoder will; the rate
+        # term sees additive noise.
         scales, means, y_hat = self.latent_prior(y, hyper)
         _, y_likelihoods = self.gaussian_conditional(y, scales, means)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
             x_hat = self.synthesis(y_hat * inv_gain, level)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
-    # --- coding path (float latents in, float latents out; symbols are made in codec.entropy) ---
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()
+
+    # --- the real coder's view: gained latents, their rounding, their bits ---
 
     @torch.no_grad()
     def analyse(self, x: torch.Tensor, level: torch.Tensor, features: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (gained y, gained z) ready for quantization. `features` = analysis(x) when already
-        computed: it does not depend on the level, so a rate search reuses it."""
+        """x -> (gained y, gained z) ready for quantization; `features` = analysis(x) when known."""
         gain, _, hgain, _ = self.gains(level)
         y = self.analysis_head(self.analysis(x) if features is None else features, level) * gain
-        z = self.h_a(y) * hgain
+        z = self.hyper_analysis(y) * hgain
         return y, z
 
     @torch.no_grad()
@@ -203,19 +358,21 @@ class GainedMeanScaleHyperprior(nn.Module):
         _, inv_gain, _, _ = self.gains(level)
         return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
+    def z_medians(self) -> torch.Tensor:
+        """(1, N, 1, 1): z is coded around each channel's median."""
+        return self.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
+
     def rounded_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                         quantize=round_straight_through) -> tuple[torch.Tensor, ...]:
         """The gained latents (y, z) as the coder rounds them -> (z_hat, the latent prior's scales and
         means, y_hat); quantize(values, offsets) rounds, by default as the coder does, straight-through."""
-        medians = self.entropy_bottleneck.quantiles[:, 0, 1].view(1, -1, 1, 1)
-        z_hat = quantize(z, medians)
+        z_hat = quantize(z, self.z_medians())
         return (z_hat, *self.latent_prior(y, self.hyper_features(z_hat, level), quantize))
 
     def coded_terms(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                     quantize=round_straight_through) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image,
-        from the discrete priors the coder's tables are built from; the decoded picture, padded as
-        y is). `quantize` as in rounded_latents (refine's annealing passes a soft rounding)."""
+        """What the coder will make of the gained latents (y, z) of a batch -> (bits of each image
+        under the discrete priors the coder's tables come from; the decoded picture, padded as y is)."""
         _, inv_gain, _, _ = self.gains(level)
         eb = self.entropy_bottleneck
         z_hat, scales, means, y_hat = self.rounded_latents(y, z, level, quantize)
@@ -227,15 +384,14 @@ class GainedMeanScaleHyperprior(nn.Module):
         return bits, self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
 
     def latent_channel_bits(self, y_values: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-        """Bits of the latent values y_values (B, M, h, w) under the Gaussian prior (scales, means) -> (B, M):
-        each image's bits by channel (tools/channel_bits.py counts the channels that carry none)."""
+        """Bits of y_values (B, M, h, w) under the Gaussian prior (scales, means) -> (B, M), by channel."""
         gc = self.gaussian_conditional
         return -torch.log2(gc.likelihood_lower_bound(gc._likelihood(y_values, scales, means))).sum(dim=(2, 3))
 
     def coded_loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor,
                    quantize=round_straight_through) -> torch.Tensor:
-        """Rate-distortion loss of the gained latents (y, z) of image x (1, 3, h, w; unpadded) as the
-        coder will code them (`coded_terms`): lambda * 255^2 * MSE + bits per pixel, as in training."""
+        """lambda * 255^2 * MSE + bpp of the gained latents (y, z) of image x (1, 3, h, w; unpadded)
+        as the coder will code them, as in training."""
         h, w = x.shape[-2:]
         bits, x_hat = self.coded_terms(y, z, level, quantize)
         distortion = self.lambda_at(level) * 255 ** 2 * (x_hat[..., :h, :w] - x).pow(2).mean()
@@ -243,17 +399,13 @@ class GainedMeanScaleHyperprior(nn.Module):
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor, steps: int,
                lr: float = REFINE_LR, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder-side search: move the gained latents (y, z) of x (analyse's output) to lower the
-        rate-distortion loss of what will really be coded (`coded_loss` over the top-left `size`
-        pixels, the image without its padding). Adam follows the loss of a random soft rounding
-        (stochastic Gumbel annealing, Yang et al. 2020, `annealed_round`) whose temperature falls
-        geometrically over the steps, so the search ends on the coder's own rounding; the real coded
-        loss is measured every REFINE_CHECK_EVERY steps and at the end. Returns the (y, z) measured
-        lowest: never worse than where it started. The decoder needs nothing of this.
-
-        It needs a long cooling: on stills no weights trained on (results/stills/hp-refine.md), 120
-        steps saved 2.6-9.3 % of the bits where the additive-noise search it replaced saved
-        0.2-5.1 % in 40, but 10 steps saved less than 10 of that search's."""
+        """Encoder-side search: move the gained latents (y, z) of x to lower the coded loss over the
+        top-left `size` pixels (the image without its padding). Adam follows the loss of a random soft
+        rounding (stochastic Gumbel annealing, Yang et al. 2020) whose temperature falls geometrically,
+        so the search ends on the coder's own rounding; the real coded loss is measured every
+        REFINE_CHECK_EVERY steps and at the end. Returns the (y, z) measured lowest: never worse than
+        the start. It needs a long cooling (results/stills/hp-refine.md): 120 steps saved 2.6-9.3 % of
+        the bits on stills no weights trained on. The decoder needs nothing of this."""
         h, w = size or x.shape[-2:]
         x = x[..., :h, :w]
         hot, cold = REFINE_TEMPERATURES
@@ -276,323 +428,102 @@ class GainedMeanScaleHyperprior(nn.Module):
             opt.step()
         return best
 
-    def aux_loss(self) -> torch.Tensor:
-        return self.entropy_bottleneck.loss()
+    # --- the coding seam: image <-> packets ---
 
+    def tables(self) -> tuple[Tables, Tables]:
+        """The integer CDF tables of z's prior (one per channel) and y's (one per table scale), as the
+        weights file holds them."""
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        return tuple(Tables(m._quantized_cdf.cpu().numpy(), m._cdf_length.cpu().numpy(), m._offset.cpu().numpy())
+                     for m in (eb, gc))
 
-class GainedCheckerboardHyperprior(GainedMeanScaleHyperprior):
-    """The same transforms and gains with a checkerboard context (He et al. 2021): half the latent
-    positions (the anchors, (i + j) even) are coded from the hyperprior alone, the other half also
-    from a 5x5 convolution over the decoded anchors. Two parallel passes, no serial decoding."""
+    def scale_indexes(self, scales: torch.Tensor) -> np.ndarray:
+        """Scales -> the index of y's CDF table each one is coded with."""
+        gc = self.gaussian_conditional
+        return scale_indexes(scales.cpu().numpy(), gc.scale_table[:-1].cpu().numpy(),
+                             gc.lower_bound_scale.bound.cpu().numpy()[0])
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        B = self.B = self.checkerboard_channels(M)
-        # B context channels (not 2B): the 5x5 context is the largest layer of the entropy model.
-        self.context = conv(B, B, 5, 1)
-        self.entropy_parameters = nn.Sequential(
-            nn.Conv2d(3 * B, 10 * B // 3, 1), nn.LeakyReLU(inplace=True),
-            nn.Conv2d(10 * B // 3, 8 * B // 3, 1), nn.LeakyReLU(inplace=True),
-            nn.Conv2d(8 * B // 3, 2 * B, 1))
+    @torch.no_grad()
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The rate-free part of compress: computed once for a rate search."""
+        return self.analysis(x)
 
-    @staticmethod
-    def checkerboard_channels(M: int) -> int:
-        """How many of the M latent channels the two checkerboard passes code: here all of them."""
-        return M
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, features: torch.Tensor, header: Header, refine: int = 0,
+                 searcher: ConditionedCheckerboard | None = None) -> list[Packet]:
+        """x (1, 3, H, W) padded, features = prepare(x), at header.quality -> packets [z, y].
+        refine: steps of encoder-side search, run by `searcher` (this model on another device)."""
+        level = self.level_of(header.quality).to(x.device)
+        y, z = self.analyse(x, level, features)
+        if refine:
+            net = searcher or self
+            on = next(net.parameters()).device
+            y, z = net.refine(x.to(on), y.to(on), z.to(on), level.to(on), refine, size=(header.height, header.width))
+            y, z = y.to(x.device), z.to(x.device)
+        return self.code_latents(y, z, level)[0]
 
-    @staticmethod
-    def anchors(y: torch.Tensor) -> torch.Tensor:
-        """y: (B, C, h, w) -> the anchor positions, (i + j) even, as a bool mask (1, 1, h, w)."""
-        i = torch.arange(y.shape[2], device=y.device)[:, None]
-        j = torch.arange(y.shape[3], device=y.device)[None, :]
-        return ((i + j) % 2 == 0)[None, None]
+    @torch.no_grad()
+    def code_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tuple[list[Packet], torch.Tensor]:
+        """The gained latents (y, z) of an image -> (packets [z, y], y_hat as the decoder will see it)."""
+        from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
+        hyper_tables, latent_tables = self.tables()
+        z_medians = self.z_medians().detach()
+        z_symbols = quantize(z, z_medians)
+        z_stream = Encoder()
+        hyper_tables.encode(z_stream, z_symbols.cpu().numpy(), channel_indexes(tuple(z.shape)))
+        hyper = self.hyper_features(dequantize(z_symbols, z_medians), level)
+        # One range-coder stream for y, pass after pass: a pass's prior depends on earlier passes.
+        y_stream = Encoder()
+        y_hat, memo = torch.zeros_like(y), {}
+        for step, mask in enumerate(self.latent_masks(y)):
+            scales, means = self.latent_params(hyper, y_hat, step, memo)
+            symbols = quantize(y, means)
+            m = mask.expand_as(y)
+            latent_tables.encode(y_stream, symbols[m].cpu().numpy(), self.scale_indexes(scales[m]))
+            y_hat = torch.where(m, dequantize(symbols, means), y_hat)
+        packets = [Packet(PacketKind.HYPER, 0, z.shape[1], z_stream.finish()),
+                   Packet(PacketKind.LATENT, 0, y.shape[1], y_stream.finish())]
+        return packets, y_hat
 
-    def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        anchor = self.anchors(y)
-        return [anchor, ~anchor]
+    @torch.no_grad()
+    def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
+        """packets -> x_hat (1, 3, H, W), padded to the stride."""
+        level = self.level_of(header.quality).to(self.z_medians().device)
+        latent_hw = (-(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4)
+        return self.synthesise(self.decode_latents(packets, latent_hw, level, conceal), level)
 
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Anchors see no context; at step 1, y_hat holds exactly the decoded anchors. The first 2B
-        # hyper channels are the checkerboard channels' (the first B of y).
-        B = self.B
-        ctx = hyper.new_zeros((hyper.shape[0], B) + hyper.shape[2:]) if step == 0 else \
-            self.context(y_hat[:, :B].to(hyper.dtype))
-        scales, means = self.entropy_parameters(torch.cat([hyper[:, :2 * B], ctx], 1)).float().chunk(2, 1)
-        return scales, means
-
-
-class ResidualBlock(nn.Module):
-    """x + body(x), channels kept: conv 3x3, leaky ReLU, conv 3x3; or, as a `bottleneck`, ELIC's
-    1x1 down to half the channels, 3x3, 1x1 back (a fifth of the parameters and compute, cheap
-    enough for half resolution). The last convolution starts at zero, so a block added to trained
-    transforms starts as the identity: the model codes exactly as before and training only has
-    capacity to gain."""
-
-    def __init__(self, channels: int, bottleneck: bool = False):
-        super().__init__()
-        if bottleneck:
-            hidden = channels // 2
-            layers = [conv(channels, hidden, 1, 1), nn.LeakyReLU(inplace=True), conv(hidden, hidden, 3, 1),
-                      nn.LeakyReLU(inplace=True), conv(hidden, channels, 1, 1)]
-        else:
-            layers = [conv(channels, channels, 3, 1), nn.LeakyReLU(inplace=True), conv(channels, channels, 3, 1)]
-        self.body = nn.Sequential(*layers)
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class GainedResidualCheckerboard(GainedCheckerboardHyperprior):
-    """The checkerboard model with a residual block inside each transform, at a quarter of the image
-    resolution (after g_a's second GDN, after g_s's second inverse GDN), +0.59 M parameters. Why: the
-    GDN transforms were the ceiling at the top rates (on images no weights trained on, decoding the
-    unrounded latent gained only 0.3-1.1 dB over the top level's rounded one). g_a and g_s keep their
-    layers and names, so checkerboard weights load and, the blocks starting as the identity, code
-    exactly as before growing."""
-
-    SPLIT = 4  # g_a[:4] and g_s[:4] run up to quarter resolution
-
-    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        self.analysis_block = ResidualBlock(self.T)
-        self.synthesis_block = ResidualBlock(self.T)
-
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        return self.g_a[self.SPLIT:](self.analysis_block(self.g_a[:self.SPLIT](x)))
-
-    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        return self.g_s[self.SPLIT:](self.synthesis_block(self.g_s[:self.SPLIT](y)))
-
-
-class GainedResidualCheckerboard2(GainedResidualCheckerboard):
-    """checkerboard-res grown again, at half resolution, where the fine detail of the top rates is
-    analysed and drawn: two bottleneck residual blocks after g_a's first GDN and two after g_s's third
-    inverse GDN, +0.21 M parameters (7.93 M in all). Starts as the checkerboard-res model it grows."""
-
-    HALF = 2  # g_a[:2] (conv, GDN) ends at half resolution; g_s[-1] (deconv) starts there
-
-    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        T = self.T
-        self.analysis_fine = nn.Sequential(ResidualBlock(T, bottleneck=True), ResidualBlock(T, bottleneck=True))
-        self.synthesis_fine = nn.Sequential(ResidualBlock(T, bottleneck=True), ResidualBlock(T, bottleneck=True))
-
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.analysis_fine(self.g_a[:self.HALF](x))
-        return self.g_a[self.SPLIT:](self.analysis_block(self.g_a[self.HALF:self.SPLIT](half)))
-
-    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        half = self.g_s[self.SPLIT:-1](self.synthesis_block(self.g_s[:self.SPLIT](y)))
-        return self.g_s[-1:](self.synthesis_fine(half))
-
-
-class GainedWideCheckerboard(GainedResidualCheckerboard2):
-    """checkerboard-res2 with a wider latent: M/4 more channels (M = 256 grown from 192) where the top
-    rates were capped by the transforms (decoding the unrounded latent of the top level gained only
-    0.6 dB over the rounded one; CompressAI's mbt2018-mean uses M = 320 for its top rates).
-
-    The extra channels (the last M/4) are coded in a third pass, after both checkerboard passes of
-    the first 3M/4: their prior comes from the hyperprior and from a 3x3 convolution over all the
-    decoded checkerboard channels (a channel context, Minnen & Singh 2020), which costs far less than
-    widening the 5x5 spatial context. Grown from checkerboard-res2 weights (the old layers' channels
-    are the leading ones), the extra channels enter g_s and h_a through zero weights
-    (codec.train.grow_parameters), so the model starts out reconstructing as the one it grew from
-    (to float rounding). Grown so from hp-cbr2-v2, they ended up carrying almost no bits, their
-    decoded values the prior's means predicted from the other channels, i.e. features for the
-    synthesis (results/training/hp-cbw-v2/RECIPE.md)."""
-
-    CHANNEL_CONTEXT = 128
-    GROWS = True  # codec.train.grow_parameters may load narrower weights into it
-
-    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        B, E, C = self.B, M - self.B, self.CHANNEL_CONTEXT
-        if E:  # a subclass whose checkerboard passes code every channel has no extra pass
-            self.channel_context = conv(B, C, 3, 1)
-            self.extra_parameters = nn.Sequential(
-                nn.Conv2d(2 * E + C, 3 * E, 1), nn.LeakyReLU(inplace=True), nn.Conv2d(3 * E, 2 * E, 1))
-
-    @staticmethod
-    def checkerboard_channels(M: int) -> int:
-        return 3 * M // 4
-
-    def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        anchor, other = super().latent_masks(y)
-        if self.B == self.M:
-            return [anchor, other]
-        base = (torch.arange(self.M, device=y.device) < self.B)[None, :, None, None]
-        return [anchor & base, other & base, ~base & (anchor | other)]
-
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        B = self.B
-        if step < 2:  # a checkerboard pass: the extra channels' entries are not coded now (any value)
-            scales, means = super().latent_params(hyper, y_hat, step, memo)
-            pad = scales.new_zeros((scales.shape[0], self.M - B) + scales.shape[2:])
-            return torch.cat([scales, pad], 1), torch.cat([means, pad], 1)
-        ctx = self.channel_context(y_hat[:, :B].to(hyper.dtype))
-        scales, means = self.extra_parameters(torch.cat([hyper[:, 2 * B:], ctx], 1)).float().chunk(2, 1)
-        pad = scales.new_zeros((scales.shape[0], B) + scales.shape[2:])
-        return torch.cat([pad, scales], 1), torch.cat([pad, means], 1)
-
-
-class GainedWiderCheckerboard(GainedWideCheckerboard):
-    """checkerboard-wide with transforms half as wide again: g_a, g_s and their residual blocks have
-    3N/2 channels (192 for N = 128), the hyperprior keeps N. Why: at the top rates the transforms,
-    not the quantizer, were the ceiling, and CompressAI's mbt2018-mean, which widens its transforms
-    to 192 channels for its top qualities, was 0.8-1.5 dB ahead of hp there (N = 128 throughout)
-    while level with it below 0.5 bpp. Grown from checkerboard-wide weights, every old channel keeps
-    its values and the new ones reach the old ones only through zero weights
-    (codec.train.grow_parameters), so the model starts out coding as the one it grew from."""
-
-    @staticmethod
-    def transform_channels(N: int) -> int:
-        return 3 * N // 2
-
-
-class GainedGroupedCheckerboard(GainedWiderCheckerboard):
-    """checkerboard-wider with its checkerboard channels coded in uneven channel groups (ELIC's
-    space-channel context, He et al. 2022): each checkerboard half is coded group by group, B/12,
-    B/12, B/6 and 2B/3 channels (16, 16, 32, 128 for B = 192), and a group's prior also sees the
-    groups decoded before it in that half (and, for the second half, all of the first). 2 x 4 + 1
-    passes. Why: the checkerboard passes predicted each channel from space alone, and the latent's
-    channels are not independent.
-
-    A group's prior is the old one corrected: a head per group and half (the first group needs none)
-    reads the decoded channels of the earlier groups (3x3) and the old (log-scales, means) of its
-    channels, and outputs a log-scale factor and a mean shift. The heads' last layers start at zero and
-    the old spatial context is given the anchors only, as before, so grown from checkerboard-wider
-    weights the model codes as they did (codec.train.grow_parameters keeps fresh parameters fresh)."""
-
-    @staticmethod
-    def channel_groups(B: int) -> tuple[int, ...]:
-        return (B // 12, B // 12, B // 6, B - B // 3)
-
-    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        sizes = self.channel_groups(self.B)
-        self.group_starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
-
-        def head(seen: int, size: int) -> nn.ModuleDict:
-            width = max(64, seen + size)
-            out = nn.Conv2d(width, 2 * size, 1)
-            nn.init.zeros_(out.weight)
-            nn.init.zeros_(out.bias)
-            return nn.ModuleDict({"context": conv(seen, width, 3, 1), "params": nn.Sequential(
-                nn.Conv2d(width + 2 * size, width, 1), nn.LeakyReLU(inplace=True), out)})
-
-        self.group_heads = nn.ModuleList(head(self.group_starts[g], sizes[g])
-                                         for half in range(2) for g in range(1, len(sizes)))
-
-    def latent_masks(self, y: torch.Tensor) -> list[torch.Tensor]:
-        anchor, other, *extra = super().latent_masks(y)
-        c = torch.arange(self.M, device=y.device)[None, :, None, None]
-        s = self.group_starts
-        groups = [(c >= s[g]) & (c < s[g + 1]) for g in range(len(s) - 1)]
-        return [half & group for half in (anchor, other) for group in groups] + extra
-
-    def latent_params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        n_groups = len(self.group_starts) - 1
-        if step == 2 * n_groups:  # the extra channels, after every checkerboard channel
-            return super().latent_params(hyper, y_hat, 2, memo)
-        half, g = divmod(step, n_groups)
-        # The old checkerboard prior of every channel, the same for each group of a half: its spatial
-        # context sees the anchors only, all of them decoded before the second half's first group.
-        if ("checkerboard", half) not in memo:
-            anchor_only = torch.where(self.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
-            memo["checkerboard", half] = super().latent_params(hyper, anchor_only, half, memo)
-        scales, means = memo["checkerboard", half]
-        if g == 0:
-            return scales, means
-        lo, hi = self.group_starts[g], self.group_starts[g + 1]
-        head = self.group_heads[half * (n_groups - 1) + g - 1]
-        seen = head["context"](y_hat[:, :lo].to(hyper.dtype))
-        prior = torch.cat([torch.log(scales[:, lo:hi].clamp(min=SCALE_MIN)), means[:, lo:hi]], 1)
-        log_factor, shift = head["params"](torch.cat([seen, prior.to(seen.dtype)], 1)).float().chunk(2, 1)
-        scales = torch.cat([scales[:, :lo], scales[:, lo:hi] * torch.exp(log_factor), scales[:, hi:]], 1)
-        means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
-        return scales, means
-
-
-class GainedConditionedCheckerboard(GainedGroupedCheckerboard):
-    """checkerboard-groups with a synthesis told the rate: after each of g_s's three inverse GDNs the
-    channels are scaled and shifted by a row of per-level tables, interpolated between levels as the
-    gains are (a conditional autoencoder, Choi et al. 2019), +1,152 parameters per level. Why: one
-    synthesis decoded the coarse latents of the lowest rates and the fine ones of the highest alike,
-    and the top levels were the furthest behind BPG-444 (0.65-2.1 dB) while the middle led it. The
-    analysis stays rate-free, so a rate search still computes it once. The tables start at the
-    identity (log-scale 0, shift 0), so grown from checkerboard-groups weights the model codes as
-    they did."""
-
-    LEVEL_TABLES = GainedGroupedCheckerboard.LEVEL_TABLES + ("synthesis_log_scale", "synthesis_shift")
-
-    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        self.synthesis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 3 * self.T))
-        self.synthesis_shift = nn.Parameter(torch.zeros(self.n_levels, 3 * self.T))
-
-    def told(self, name: str, level: torch.Tensor):
-        """-> a function (h, i) -> h scaled and shifted by chunk i of the tables `name`_log_scale and
-        `name`_shift at rates `level`."""
-        scales = torch.exp(self.level_rows(getattr(self, f"{name}_log_scale"), level))
-        shifts = self.level_rows(getattr(self, f"{name}_shift"), level)
-        T = self.T
-        return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
-                             + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
-
-    def synthesis(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        told, g_s = self.told("synthesis", level), self.g_s  # g_s: checkerboard-res2's layers, in its order
-        h = told(g_s[2:4](told(g_s[:2](y), 0)), 1)  # told after inverse GDNs 0, 1 and 2
-        h = told(g_s[4:6](self.synthesis_block(h)), 2)
-        return g_s[6:](self.synthesis_fine(h))
-
-
-class GainedConditionedCheckerboard2(GainedConditionedCheckerboard):
-    """checkerboard-cond with an analysis told the rate too: after g_a's second and third GDNs, per-level
-    channel scales and shifts as in the synthesis. Why: with a rate-free analysis every rate codes the
-    same latent, only more or less finely (the gains); told the rate, the analysis can keep what that
-    rate can afford. The first half of g_a (up to the second GDN, two thirds of its arithmetic) stays
-    rate-free, so a rate search computes it once and only the rest per level. Starts at the identity,
-    as the synthesis tables did."""
-
-    LEVEL_TABLES = GainedConditionedCheckerboard.LEVEL_TABLES + ("analysis_log_scale", "analysis_shift")
-
-    def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
-        super().__init__(N, M, lambdas)
-        self.analysis_log_scale = nn.Parameter(torch.zeros(self.n_levels, 2 * self.T))
-        self.analysis_shift = nn.Parameter(torch.zeros(self.n_levels, 2 * self.T))
-
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        return self.g_a[self.HALF:self.SPLIT](self.analysis_fine(self.g_a[:self.HALF](x)))
-
-    def analysis_head(self, features: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        told = self.told("analysis", level)
-        return self.g_a[6:](told(self.g_a[4:6](self.analysis_block(told(features, 0))), 1))
-
-
-class GainedFullCheckerboard(GainedConditionedCheckerboard2):
-    """checkerboard-cond2 with every latent channel coded in the grouped checkerboard passes (no third
-    pass), for a latent as wide as the top rates need (M = 320: ELIC's and mbt2018-mean's top-rate
-    width). Why: in checkerboard-cond2 (M = 256), 42 of the 64 channels of the third pass carried no
-    bits at the top level; their prior means, computed from the other channels, had become features for
-    the synthesis, free of bits, and neither growing nor freeing their bits brought them back
-    (results/training/hp-cbc2-v8/RECIPE.md). Here every channel is coded like the 192 that all carried
-    bits, in ELIC's five uneven groups (16, 16, 32, 64, 192 for M = 320): 2 x 5 passes. Not grown: it
-    starts from checkerboard-cond2's transforms with fresh latent-facing layers and entropy model
-    (codec.train --transplant). Measured after 25.5 GPU-minutes (results/training/hp-cbf-v1/): 247
-    channels hold 99 % of the top level's bits (checkerboard-cond2: 211), but 73 carry under 0.1 %,
-    none of them in the first two groups."""
-
-    GROWS = False  # its channel groups and hyper channels do not line up with narrower weights'
-
-    @staticmethod
-    def checkerboard_channels(M: int) -> int:
-        return M
-
-    @staticmethod
-    def channel_groups(B: int) -> tuple[int, ...]:
-        return (B // 20, B // 20, B // 10, B // 5, B - 2 * (B // 20) - B // 10 - B // 5)
+    @torch.no_grad()
+    def decode_latents(self, packets: list[Packet], latent_hw: tuple[int, int], level: torch.Tensor,
+                       conceal: bool = False) -> torch.Tensor:
+        """packets -> y_hat (1, M, h, w) for the latent grid latent_hw = (H/16, W/16). conceal: a damaged
+        or missing latent packet decodes as the prior's means, the most likely latent given z; without
+        z there is nothing to predict from, so a lost hyper packet still fails."""
+        hyper_packets = [p for p in packets if p.kind == PacketKind.HYPER and not p.damaged]
+        latent = [p for p in packets if p.kind == PacketKind.LATENT and not p.damaged]
+        if not hyper_packets:
+            raise BitstreamError("the hyper-latent packet is missing or corrupt: the image cannot be decoded")
+        if not latent and not conceal:
+            raise BitstreamError("the latent packet is missing or corrupt")
+        from bitstream.coder import Decoder
+        device = self.z_medians().device
+        h, w = latent_hw
+        hyper_tables, latent_tables = self.tables()
+        z_shape = (1, self.N, (h + 3) // 4, (w + 3) // 4)
+        z_symbols = hyper_tables.decode(Decoder(hyper_packets[0].payload), channel_indexes(z_shape))
+        z_hat = dequantize(torch.from_numpy(z_symbols).view(z_shape).to(device), self.z_medians().detach())
+        hyper = self.hyper_features(z_hat, level)
+        if hyper.shape[2:] != (h, w):
+            raise BitstreamError("latent size does not match the image size in the header")
+        y_hat = torch.zeros((1, self.M, h, w), dtype=torch.float32, device=device)
+        stream = Decoder(latent[0].payload) if latent else None
+        memo = {}
+        for step, mask in enumerate(self.latent_masks(y_hat)):
+            scales, means = self.latent_params(hyper, y_hat, step, memo)
+            m = mask.expand_as(y_hat)
+            if stream is None:
+                y_hat = torch.where(m, means, y_hat)
+                continue
+            symbols = torch.zeros(y_hat.shape, dtype=torch.int32, device=device)
+            symbols[m] = torch.from_numpy(latent_tables.decode(stream, self.scale_indexes(scales[m]))).to(device)
+            y_hat = torch.where(m, dequantize(symbols, means), y_hat)
+        return y_hat

@@ -11,9 +11,13 @@ cluster, which the entropy model uses to marginalise its predictions onto the sm
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from bitstream import BitstreamError, Header, Packet, PacketKind
+from codec.entropy.tables import static_table
+from codec.models.index_prior import IndexPrior
 from codec.quantizers.vq import VectorQuantizer
 
 # MS-SSIM (pytorch_msssim) downsamples four times with an 11-pixel window: images need more than
@@ -133,11 +137,16 @@ class PatchDiscriminator(nn.Module):
 
 class VQCodec(nn.Module):
     """What a vq weights file holds: the autoencoder, its clustered codebooks, the index prior, and
-    the frequencies with which residual stages code their indices."""
+    the frequencies with which residual stages code their indices.
+
+    Operating points (codebook size K, depth D), in increasing rate: every codebook at depth 1, then
+    the main codebook with each further residual stage. Quality 0..100 picks one, evenly spaced."""
+
+    family, arch, stride = "vq", "vq-f16", 16
+    continuous_quality = False  # a quality selects the nearest of the operating points
 
     def __init__(self, config: dict):
         super().__init__()
-        from codec.entropy.transformer import IndexPrior
         k, d = config["codebook_size"], config["code_dim"]
         self.autoencoder = VQAutoencoder(tuple(config["channels"]), config["dim"], k, d,
                                          tuple(config["residual_sizes"]), config["decoder_blocks"])
@@ -146,6 +155,9 @@ class VQCodec(nn.Module):
                                 config["head_rank"])
         for i, size in enumerate(config["residual_sizes"]):
             self.register_buffer(f"residual_counts_{i + 1}", torch.ones(size))
+        main = k
+        self.points = ([(size, 1) for size in (*config["level_sizes"], main)]
+                       + [(main, depth) for depth in range(2, len(config["residual_sizes"]) + 2)])
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -165,3 +177,79 @@ class VQCodec(nn.Module):
     def residual_pmf(self, stage: int) -> torch.Tensor:
         counts = getattr(self, f"residual_counts_{stage}").double()
         return counts / counts.sum()
+
+    # --- rates ---
+
+    def qualities(self) -> list[float]:
+        """The quality of each operating point, evenly spaced over 0..100 (in the header's hundredths)."""
+        n = len(self.points)
+        return [round(100 * i / (n - 1), 2) for i in range(n)]
+
+    def operating_point(self, quality: float, codebook: int | None, depth: int | None) -> tuple[float, int, int]:
+        """The user's rate knobs -> the header's (quality, codebook, depth): a (codebook, depth) pair
+        when given (either defaults to the main codebook / depth 1), else the point nearest the quality."""
+        if codebook is None and depth is None:
+            i = round(quality / 100 * (len(self.points) - 1))
+        else:
+            point = (codebook or self.autoencoder.quantizer.codebook_size, depth or 1)
+            if point not in self.points:
+                raise ValueError(f"no operating point with codebook {point[0]} and depth {point[1]} (this model "
+                                 "has: " + ", ".join(f"{k}" if d == 1 else f"{k}x{d}" for k, d in self.points) + ")")
+            i = self.points.index(point)
+        return (self.qualities()[i], *self.points[i])
+
+    # --- the coding seam: image <-> packets ---
+
+    @torch.no_grad()
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The rate-free part of compress (the encoder's features): computed once for a rate search."""
+        return self.autoencoder.g_a(x)
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, features: torch.Tensor, header: Header, refine: int = 0,
+                 searcher: VQCodec | None = None) -> list[Packet]:
+        """x (1, 3, H, W) padded, features = prepare(x), at (header.codebook, header.depth) -> one
+        INDICES packet per quantizer stage: stage 1 coded with the index prior, marginalised onto the
+        codebook in use; residual stages with one static table each (their training-set frequencies).
+        refine: steps of encoder-side search (depth-1 points), run by `searcher` (this model elsewhere)."""
+        codes, mapping = self.codebook(header.codebook)
+        z = features
+        if refine and header.depth == 1:
+            net = searcher or self
+            on = next(net.parameters()).device
+            z = net.autoencoder.refine(x.to(on), features.to(on), net.codebook(header.codebook)[0], refine,
+                                       size=(header.height, header.width)).to(x.device)
+        maps = [m[0] for m in self.autoencoder.quantizer.indices(z, header.depth, codes)]
+        packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(), self.prior.compress(maps[0], codes, mapping))]
+        from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
+        for stage, m in enumerate(maps[1:], start=1):
+            symbols = m.flatten().cpu().numpy()
+            enc = Encoder()
+            static_table(self.residual_pmf(stage).cpu().numpy()).encode(enc, symbols, np.zeros_like(symbols))
+            packets.append(Packet(PacketKind.INDICES, stage, m.numel(), enc.finish()))
+        return packets
+
+    @torch.no_grad()
+    def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
+        """packets -> x_hat (1, 3, H, W), padded to the stride. Every stage's packet is needed."""
+        if (header.codebook, header.depth) not in self.points:
+            raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
+                                 f"which model {header.model_id!r} does not have")
+        from bitstream.coder import Decoder
+        h, w = -(-header.height // self.stride), -(-header.width // self.stride)
+        codes, mapping = self.codebook(header.codebook)
+        by_stage = {p.first: p for p in packets if p.kind == PacketKind.INDICES}
+        maps = []
+        for stage in range(header.depth):
+            p = by_stage.get(stage)
+            if p is None or p.damaged:
+                raise BitstreamError(f"the index packet of quantizer stage {stage + 1} is missing or corrupt")
+            if p.count != h * w:
+                raise BitstreamError(f"index packet {stage + 1} covers {p.count} indices, the image needs {h * w}")
+            if stage == 0:
+                maps.append(self.prior.decompress(p.payload, h, w, codes, mapping))
+                continue
+            table = static_table(self.residual_pmf(stage).cpu().numpy())
+            symbols = table.decode(Decoder(p.payload), np.zeros(h * w, np.int32))
+            maps.append(torch.from_numpy(symbols).long().view(h, w).to(codes.device))
+        return self.autoencoder.synthesise([m[None] for m in maps], codes)

@@ -1,4 +1,4 @@
-"""Entropy model of the vq family: a bidirectional transformer over the index map.
+"""The vq family's learned entropy model: a bidirectional transformer over the index map.
 
 The map is coded in a fixed number of parallel steps (MaskGIT-style). Positions are split into
 `lattice`^2 groups by their place in a lattice x lattice tile; step g codes group g with a
@@ -69,7 +69,7 @@ class IndexPrior(nn.Module):
              scheduled: float = 0.0) -> torch.Tensor:
         """Training: hide a random share of each map (cosine schedule, as MaskGIT) and predict it.
         A `scheduled` share of the maps instead predicts one coding group from the groups before it,
-        exactly what encode() asks of the network. Returns cross-entropy in bits per hidden index,
+        exactly what compress() asks of the network. Returns cross-entropy in bits per hidden index,
         marginalised onto the codebook `codes`."""
         b, h, w = indices.shape
         dev = indices.device
@@ -90,7 +90,7 @@ class IndexPrior(nn.Module):
 
     @torch.no_grad()
     def coded_bits(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> float:
-        """Bits an index that encode() spends on these maps (B, h, w), to within the coder's
+        """Bits an index that compress() spends on these maps (B, h, w), to within the coder's
         rounding: each group predicted from the groups before it."""
         known = torch.zeros_like(indices, dtype=torch.bool)
         total = 0.0
@@ -118,42 +118,35 @@ class IndexPrior(nn.Module):
             p = torch.zeros(p.shape[0], k, dtype=p.dtype, device=p.device).index_add_(1, mapping, p)
         return p.cpu().numpy()
 
+    @torch.no_grad()
+    def compress(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
+        """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group."""
+        from bitstream.coder import Encoder, pmf_to_cdf  # here: a training machine may lack the coder's build
+        indices = indices[None]
+        known = torch.zeros_like(indices, dtype=torch.bool)
+        enc = Encoder()
+        for group in self.groups(*indices.shape[1:], device=indices.device):
+            logits = self(indices, known, codes, group[None])
+            enc.encode_rows(indices[0][group].cpu().numpy(), pmf_to_cdf(self.pmf(logits, mapping, len(codes))))
+            known[0] |= group
+        return enc.finish()
 
-def _cdf_rows(prior: IndexPrior, logits: torch.Tensor, mapping: torch.Tensor, k: int) -> np.ndarray:
-    from bitstream import coder  # here, not at the top: training (on a machine without the C++ build) never codes
-    return coder.pmf_to_cdf(prior.pmf(logits, mapping, k))
+    @torch.no_grad()
+    def decompress(self, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+        """bytes -> indices (h, w), running the network once per group as compress did."""
+        from bitstream.coder import Decoder, pmf_to_cdf
+        device = codes.device
+        indices = torch.zeros((1, h, w), dtype=torch.long, device=device)
+        known = torch.zeros_like(indices, dtype=torch.bool)
+        dec = Decoder(data)
+        for group in self.groups(h, w, device=device):
+            logits = self(indices, known, codes, group[None])
+            rows = pmf_to_cdf(self.pmf(logits, mapping, len(codes)))
+            indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
+            known[0] |= group
+        return indices[0]
 
 
 def _spread(r: int, s: int) -> int:
     """Rank of tile row/column r when even ones come first: 0, 2, 4, ..., 1, 3, ..."""
     return r // 2 if r % 2 == 0 else (s + 1) // 2 + r // 2
-
-
-@torch.no_grad()
-def encode(prior: IndexPrior, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
-    """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group."""
-    from bitstream import coder
-    indices = indices[None]
-    known = torch.zeros_like(indices, dtype=torch.bool)
-    enc = coder.Encoder()
-    for group in prior.groups(*indices.shape[1:], device=indices.device):
-        logits = prior(indices, known, codes, group[None])
-        enc.encode_rows(indices[0][group].cpu().numpy(), _cdf_rows(prior, logits, mapping, len(codes)))
-        known[0] |= group
-    return enc.finish()
-
-
-@torch.no_grad()
-def decode(prior: IndexPrior, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
-    """bytes -> indices (h, w), running the prior once per group as the encoder did."""
-    from bitstream import coder
-    device = codes.device
-    indices = torch.zeros((1, h, w), dtype=torch.long, device=device)
-    known = torch.zeros_like(indices, dtype=torch.bool)
-    dec = coder.Decoder(data)
-    for group in prior.groups(h, w, device=device):
-        logits = prior(indices, known, codes, group[None])
-        rows = _cdf_rows(prior, logits, mapping, len(codes))
-        indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
-        known[0] |= group
-    return indices[0]

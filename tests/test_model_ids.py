@@ -1,0 +1,80 @@
+"""Versioned model ids (container format 2): files name the model, its weights and the release that
+wrote them; files from models this release does not ship are refused in one line that says so, and
+format-1 files (before 0.2.0) still decode where their weights ship."""
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bitstream
+import codec
+from codec import api, zoo
+from tests.conftest import ROOT
+
+FORMAT1 = ROOT / "tests" / "data" / "format1"
+# Written by codec 0.1.0 (commit 92e4e61) from datasets/samples/unsplash-jacob-aguilar-256.png, with the
+# SHA-256 of the pixels it decoded them to.
+FORMAT1_PIXELS = {
+    "hp-q40.bin": "a8e3d49b32e1700e81d09aaba53b764bb5cfc61e364bfb699f3b188f1ae8a8b5",
+    "vq-k256.bin": "14a7ec410127c3a47cbb1b5a81ca92f00238f221ac34bbedad55b10286b7e7d7",
+}
+
+
+def test_a_file_records_the_versioned_model_id_its_weights_and_the_release(sample_rgb):
+    for family, model_id in (("hp", "hp-cbc2-v8"), ("vq", "vq-v3")):
+        header = bitstream.read(codec.encode(sample_rgb, model=family, quality=30)).header
+        assert (header.version, header.family, header.model_id) == (2, family, model_id)
+        assert header.weights_hash == zoo.weights_hash(zoo.weights_path(model_id))
+        assert header.release == tuple(int(v) for v in codec.__version__.split("."))
+
+
+@pytest.mark.parametrize("name", sorted(FORMAT1_PIXELS))
+def test_format1_files_decode_to_the_pixels_they_did(name):
+    data = (FORMAT1 / name).read_bytes()
+    header = bitstream.read(data).header
+    assert header.version == 1 and header.release is None and header.model_id in ("hp", "vq")
+    assert hashlib.sha256(api.decode_rgb(data).tobytes()).hexdigest() == FORMAT1_PIXELS[name]
+
+
+def test_a_model_this_release_does_not_ship_is_refused_naming_it_and_the_writer(sample_rgb):
+    c = bitstream.read(codec.encode(sample_rgb[:64, :64], quality=5))
+    c.header.model_id, c.header.release = "hp-cbc2-v9", (0, 3, 1)
+    with pytest.raises(bitstream.BitstreamError, match=r"needs model 'hp-cbc2-v9'.*does not ship.*codec 0\.3\.1"):
+        api.decode_rgb(bitstream.write(c))
+
+
+def test_other_weights_under_a_shipped_id_are_refused_naming_the_writer(sample_rgb):
+    c = bitstream.read(codec.encode(sample_rgb[:64, :64], quality=5))
+    c.header.weights_hash, c.header.release = b"\0\1\2\3", (0, 1, 9)
+    with pytest.raises(bitstream.BitstreamError, match=r"weights 00010203, but .*codec 0\.1\.9, which wrote it"):
+        api.decode_rgb(bitstream.write(c))
+    legacy = bitstream.read((FORMAT1 / "hp-q40.bin").read_bytes())
+    legacy.header.weights_hash = b"\0\1\2\3"
+    with pytest.raises(bitstream.BitstreamError, match="a release before 0.2.0"):
+        api.decode_rgb(bitstream.write(legacy))
+
+
+def test_the_cli_refuses_an_unshipped_model_in_one_line_and_info_shows_the_id(tmp_path, sample_rgb):
+    c = bitstream.read(codec.encode(sample_rgb[:64, :64], quality=5))
+    c.header.model_id = "vq-v9"
+    c.header.family = "vq"
+    path = tmp_path / "future.bin"
+    path.write_bytes(bitstream.write(c))
+    out = subprocess.run([sys.executable, "-m", "codec.cli", "decode", str(path), str(tmp_path / "o.png")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("codec: error: this file needs model 'vq-v9'")
+    assert not (tmp_path / "o.png").exists()
+    info = subprocess.run([sys.executable, "-m", "codec.cli", "info", str(path)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert info.returncode == 0
+    assert "model_id        vq-v9" in info.stdout and f"codec {codec.__version__}" in info.stdout
+
+
+def test_the_shipped_model_ids_are_family_architecture_and_version():
+    for model_id, file in zoo.MODELS.items():
+        net, meta, _ = zoo.load(model_id)
+        assert file == f"{model_id}.safetensors" and model_id.startswith(net.family + "-")
+    assert np.all([zoo.DEFAULT_MODEL[f] in zoo.MODELS for f in ("hp", "vq")])
