@@ -3,11 +3,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from codec import zoo
 from tests.conftest import ROOT, SAMPLES, SHARED
 from tests.test_prepare import _prepare
+from training import hp
 
 
 @pytest.mark.parametrize("model", ["hp", "vq"])
@@ -26,18 +26,24 @@ def test_a_weights_file_against_itself_changes_nothing_at_any_point(model):
 
 
 def test_hp_levels_are_matched_by_lambda_not_by_index(tmp_path):
-    # Untrained small models; what matters is which rows pair up: the old file's level 1 (0.01) is
-    # the new file's level 2, and the new file's level 1 (0.003) has no partner.
-    for name, lambdas in (("old", [0.001, 0.01]), ("new", [0.001, 0.003, 0.01])):
-        meta = {"family": "hp", "arch": "checkerboard", "N": 16, "M": 24, "lambdas": lambdas}
-        torch.manual_seed(0)  # the same weights apart from the gains' lengths
-        zoo.export(zoo.build("hp", meta), tmp_path / f"{name}.safetensors", meta)
+    # The shipped weights trained at other levels, their per-level tables interpolated in log lambda
+    # (training.hp.load_parameters, as --init with --lambdas does). What matters is which rows pair up:
+    # the old file's level 1 (0.013) is the new file's level 2, and the new file's level 1 (0.0035)
+    # has no partner.
+    shipped, meta = zoo.load_file(zoo.weights_path("hp"))
+    for name, lambdas in (("old", [0.0009, 0.013]), ("new", [0.0009, 0.0035, 0.013])):
+        config = dict(meta, model_id=name, lambdas=lambdas)
+        model = zoo.build("hp", config)
+        hp.load_parameters(shipped, model)
+        zoo.export(model, tmp_path / f"{name}.safetensors", config)
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_weights.py"), str(tmp_path / "old.safetensors"),
                           str(tmp_path / "new.safetensors"), "--images", str(SAMPLES)],
                          capture_output=True, text=True, check=True).stdout
     rows = {r.split(" | ")[0].strip("| "): r for r in out.splitlines() if r.startswith("| lambda")}
-    assert list(rows) == ["lambda 0.001", "lambda 0.01", "lambda 0.003"], out
-    assert "- -> " in rows["lambda 0.003"] and "- -> " not in rows["lambda 0.01"], out
+    assert list(rows) == ["lambda 0.0009", "lambda 0.013", "lambda 0.0035"], out
+    assert "- -> " in rows["lambda 0.0035"] and "- -> " not in rows["lambda 0.013"], out
+    # The shared levels are the same weights: nothing changes there, so neither does the curve.
+    assert "(+0.0 %)" in rows["lambda 0.013"] and "(+0.0000)" in rows["lambda 0.013"], out
     assert "BD-rate new.safetensors vs old.safetensors" in out
 
 

@@ -1,19 +1,27 @@
-"""The vq family's three training stages on CPU for a few seconds each."""
+"""vq training (training/vq.py): its stages on CPU for a few seconds each, and its defaults are the shipped model."""
 import csv
 import math
 
 import pytest
 import torch
 
-from codec import train_vq, zoo
+from codec import zoo
 from tests.conftest import SAMPLES
+from training import vq
 
 
 def _stage(tmp_path, stage, *extra):
-    train_vq.main(["--stage", stage, "--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"),
-                   "--out", str(tmp_path / "out"), "--minutes", "0.15", "--batch", "2", "--crop", "64",
-                   "--small", "--log-every", "1", "--workers", "1", *extra])
-    return zoo.load_file(tmp_path / "out" / "vq-v1.safetensors")
+    vq.main(["--stage", stage, "--data", str(SAMPLES), "--ckpt", str(tmp_path / "ckpt"),
+             "--out", str(tmp_path / "out"), "--minutes", "0.15", "--batch", "2", "--crop", "64",
+             "--small", "--log-every", "1", "--workers", "1", "--weights-name", "t.safetensors", *extra])
+    return zoo.load_file(tmp_path / "out" / "t.safetensors")
+
+
+def test_the_defaults_build_the_shipped_vq_model():
+    shipped = zoo.read_meta(zoo.weights_path("vq"))
+    assert vq.DEFAULTS == {k: v for k, v in shipped.items() if k not in ("model_id", "steps", "gpu_seconds", "batch", "crop")}
+    args = vq.arguments().parse_args(["--stage", "prior", "--data", "d", "--out", "o"])
+    assert (args.batch, args.crop, args.weights_name) == (shipped["batch"], shipped["crop"], zoo.weights_path("vq").name)
 
 
 def _log(tmp_path, stage):
@@ -23,6 +31,7 @@ def _log(tmp_path, stage):
 def test_autoencoder_cluster_prior_stages_log_export_and_keep_the_autoencoder_frozen(tmp_path):
     torch.manual_seed(0)
     net, meta = _stage(tmp_path, "autoencoder", "--adv-weight", "0.1")
+    assert meta["model_id"] == "t" and not any("disc" in k for k in net.state_dict())  # the GAN's critic stays out
     rows = _log(tmp_path, "autoencoder")
     assert rows and float(rows[-1]["perplexity"]) >= 1 and meta["steps"]["autoencoder"] > 0
     assert not math.isnan(float(rows[-1]["d_loss"]))  # the discriminator trained alongside
@@ -35,7 +44,7 @@ def test_autoencoder_cluster_prior_stages_log_export_and_keep_the_autoencoder_fr
         assert codes.shape == (k, main_codes.shape[1]) and torch.allclose(codes.norm(dim=-1), torch.ones(k), atol=1e-3)
         # The mapping was computed before export rounded the main codes to fp16: a near-tie may
         # have flipped since, but every clustered code keeps a main code.
-        assert (mapping == train_vq.marginal_mapping(main_codes, codes)).float().mean() > 0.95
+        assert (mapping == vq.marginal_mapping(main_codes, codes)).float().mean() > 0.95
         assert torch.bincount(mapping, minlength=k).min() > 0
     assert net.residual_pmf(1).sum().item() == pytest.approx(1.0) and (net.residual_pmf(1) > 0).all()
 
@@ -65,5 +74,5 @@ def test_marginal_mapping_leaves_no_clustered_code_without_a_main_code():
     codes = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0, 0], [1.0, -0.1, 0, 0], [0, 0, 1.0, 0]]), dim=-1)
     # Nearest-code assignment leaves code 1 empty (main codes 0, 1 and 3 all go to code 0 or 2).
     assert 1 not in (main @ codes.T).argmax(1).tolist()
-    mapping = train_vq.marginal_mapping(main, codes)
+    mapping = vq.marginal_mapping(main, codes)
     assert sorted(set(mapping.tolist())) == [0, 1, 2]

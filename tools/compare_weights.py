@@ -7,10 +7,10 @@ Held-out training crops cannot judge weights trained before they were held out (
 trained on them), and Kodak is for reporting, not for choosing; this is what chooses. Each image is
 cropped to whole latent blocks and measured on its own; the table gives the mean over images at
 each operating point:
-  hp: each trained level's estimated bpp (rounded latents) and PSNR (codec.train.validate), named
+  hp: each trained level's estimated bpp (rounded latents) and PSNR (training.hp.validate), named
       by its lambda, and the BD-rate of NEW against OLD over all their levels (a lambda only one
       file trained is listed with a dash on the other side);
-  vq: PSNR, MS-SSIM and the prior's coded bits an index at the validation points (codec.train_vq.validate).
+  vq: PSNR, MS-SSIM and the prior's coded bits an index at the validation points (training.vq.validate).
 """
 from __future__ import annotations
 
@@ -22,15 +22,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from codec import train, train_vq, zoo  # noqa: E402
+from codec import zoo  # noqa: E402
 from codec.bdrate import bd_rate  # noqa: E402
 from codec.io import find_images, load_image  # noqa: E402
+from training import hp, vq  # noqa: E402
 
 # Metrics per family: (the validation function, the multiple an image is cropped to, the name of a
 # row's operating point, the metrics compared). hp levels are named by their lambda: two files may
 # train different lambdas, and level i of one is then not level i of the other.
-FAMILIES = {"hp": (train.validate, 64, lambda model, r: f"lambda {model.lambdas[r['level']]:g}", ("bpp", "psnr")),
-            "vq": (train_vq.validate, 16, lambda model, r: f"{r['codebook']} x {r['depth']}",
+FAMILIES = {"hp": (hp.validate, 64, lambda model, r: f"lambda {model.lambdas[r['level']]:g}", ("bpp", "psnr")),
+            "vq": (vq.validate, 16, lambda model, r: f"{r['codebook']} x {r['depth']}",
                    ("psnr", "ms_ssim", "bits"))}
 
 

@@ -1,8 +1,9 @@
-"""Resumable, time-budgeted training of the vq family, in three stages.
+"""Resumable, time-budgeted training of the vq family, stage by stage.
 
-    python -m codec.train_vq --stage autoencoder --data .data/train --ckpt .ckpt-vq --out OUT --minutes 8
-    python -m codec.train_vq --stage cluster     --data .data/train --ckpt .ckpt-vq --out OUT --minutes 2
-    python -m codec.train_vq --stage prior       --data .data/train --ckpt .ckpt-vq --out OUT --minutes 5
+    python -m training.vq --stage autoencoder --data .data/train --ckpt .ckpt-vq --out OUT --minutes 8
+    python -m training.vq --stage cluster     --data .data/train --ckpt .ckpt-vq --out OUT --minutes 2
+    python -m training.vq --stage prior       --data .data/train --ckpt .ckpt-vq --out OUT --minutes 5
+    python -m training.vq --stage decoder     --data .data/train --ckpt .ckpt-vq --out OUT --minutes 8
 
 autoencoder: encoder, vector quantizer (main codebook + residual stages) and decoder, on
   MSE + w * (1 - MS-SSIM) + the quantizer loss, plus a hinge PatchGAN loss from --adv-start on.
@@ -15,9 +16,11 @@ prior: the transformer entropy model over the frozen encoder's index maps, a cod
 decoder: the synthesis transform alone, on every codebook the model codes with: the encoder and the
   codebooks stay frozen, so every index map, and the prior's rate, stays what it was.
 All stages share one checkpoint (--ckpt/state.pt) and one weights file; --init starts from exported
-weights on a fresh machine. About one image in 50 is held out (codec.train.held_out): before and
+weights on a fresh machine. About one image in 50 is held out (training.data.held_out): before and
 after each call, val-log-<stage>.csv gets PSNR, MS-SSIM and the prior's coded bits an index on
 those images at a few operating points. Logs: train-log-<stage>.csv.
+
+The defaults (DEFAULTS, --batch, --crop) build the shipped vq model.
 """
 from __future__ import annotations
 
@@ -30,13 +33,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from codec import zoo
 from codec.models.vq import MSSSIM_MIN_SIDE
 from codec.quantizers.cluster import cluster_codebook
-from codec.train import TrainLog, held_out, load_dataset, prepare_run, random_batch, scheduled_lr
+from training.data import TrainLog, held_out, load_dataset, prepare_run, random_batch, scheduled_lr
 
-DEFAULTS = {"family": "vq", "model_id": "vq", "channels": [64, 128, 160, 160], "dim": 192, "codebook_size": 8192,
+# The shipped vq model's configuration (its weights' metadata, less the model id and the counts).
+DEFAULTS = {"family": "vq", "channels": [64, 128, 160, 160], "dim": 192, "codebook_size": 8192,
             "code_dim": 16, "residual_sizes": [4096], "decoder_blocks": 2,
             "level_sizes": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
             "prior_dim": 192, "prior_depth": 4, "prior_heads": 6, "head_rank": 96}
@@ -49,6 +54,24 @@ def perplexity(indices: torch.Tensor, k: int) -> torch.Tensor:
     p = torch.bincount(indices.flatten(), minlength=k).float()
     p = p / p.sum()
     return torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: one real/fake logit per ~70x70 patch, for the autoencoder's adversarial loss
+    (--adv-weight). Training only: never exported."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.GroupNorm(32, 2 * w), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.GroupNorm(32, 4 * w), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * w, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, H, W) in [0, 1] -> logits (B, 1, H/8, W/8)
+        return self.net(x * 2 - 1)
 
 
 class Distortion:
@@ -73,7 +96,6 @@ class Distortion:
 
 def train_autoencoder(model, images, args, step, gen, log, budget, extra) -> int:
     ae = model.autoencoder
-    from codec.models.vq import PatchDiscriminator
     disc = PatchDiscriminator().to(images.device)
     opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, weight_decay=0.0)
     d_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0)
@@ -298,8 +320,9 @@ def write_validation(path: Path, step: int, gpu_seconds: float, when: str, rows:
 STAGES = {"autoencoder": train_autoencoder, "cluster": train_cluster, "prior": train_prior, "decoder": train_decoder}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training.vq", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=list(STAGES), required=True)
     ap.add_argument("--data", type=Path, nargs="+", required=True, help="folders of training images")
     ap.add_argument("--ckpt", type=Path, default=Path(".ckpt-vq"))
@@ -321,9 +344,15 @@ def main(argv=None) -> None:
                     help="prior: share of the maps masked as the coder's groups are, not at random")
     ap.add_argument("--small", action="store_true", help="a tiny model, for smoke tests on CPU")
     ap.add_argument("--log-every", type=int, default=100)
-    ap.add_argument("--weights-name", default="vq-v1.safetensors")
+    ap.add_argument("--weights-name", default=zoo.weights_path("vq").name,
+                    help="file name of the exported weights, whose stem is their model id "
+                         "(default: the shipped vq model's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = arguments().parse_args(argv)
 
     start = time.time()
     dev = prepare_run(args.out, args.ckpt)
@@ -332,7 +361,7 @@ def main(argv=None) -> None:
     images, val_images = torch.from_numpy(data[~held]).to(dev), torch.from_numpy(data[held]).to(dev)
     print(f"data: {len(images)} train, {len(val_images)} held out", flush=True)
 
-    meta = dict(DEFAULTS, **(SMALL if args.small else {}))
+    meta = {"family": "vq", "model_id": Path(args.weights_name).stem, **DEFAULTS, **(SMALL if args.small else {})}
     model = zoo.build("vq", meta).to(dev)
     step, gpu_seconds, extra = dict.fromkeys(STAGES, 0), 0.0, {}
     full = args.ckpt / "state.pt"
