@@ -31,13 +31,12 @@ import numpy as np
 import torch
 
 from codec import zoo
+from codec.models.hp import LAMBDAS, ConditionedCheckerboard
 from training.data import TrainLog, held_out, load_dataset, prepare_run, random_batch, scheduled_lr
 
-# The architecture this trainer builds: the shipped model's (zoo.ARCHITECTURES names it). Earlier
-# architectures, and how the shipped weights grew through them, are in CHANGELOG.md.
-ARCH = "checkerboard-cond2"
-# The shipped model's rate levels: the rate-distortion trade-offs (MSE on 0..255) its levels trained.
-LAMBDAS = (0.00013, 0.00035, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.2, 0.45, 0.9)
+# The one hp architecture, the shipped model's. Earlier architectures, and how the shipped weights
+# grew through them, are in CHANGELOG.md and docs/training.md.
+ARCH = ConditionedCheckerboard.arch
 
 
 def hard_terms(model, coded_terms, x: torch.Tensor, level: torch.Tensor,
