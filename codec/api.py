@@ -167,6 +167,10 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.nd
     predict them, instead of failing."""
     container = bitstream.read(data, strict=not conceal)
     header = container.header
+    if header.version < 2:
+        raise BitstreamError(f"this file was written by {header.release_name} in format {header.version}, whose "
+                             "float entropy model decodes only on the kind of machine that wrote it; decode it "
+                             "there with codec 0.1.x (this release writes and reads format 2, portable files)")
     if header.width * header.height > MAX_PIXELS:
         raise BitstreamError(f"a {header.width}x{header.height} image is larger than this version decodes "
                              f"({MAX_PIXELS / 1e6:.1f} M pixels)")

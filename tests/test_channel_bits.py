@@ -15,11 +15,11 @@ from channel_bits import channel_bits, flattened_psnr  # noqa: E402
 def test_the_channels_bits_add_up_to_the_latent_packet_the_coder_writes(sample_rgb):
     net, _, _ = zoo.load("hp")
     im = sample_rgb[:128, :192]
-    level = 6.5
-    bits, pixels = channel_bits(net, [im], level)
+    quality = 54.17  # level 6.5
+    level = net.level_of(quality)
+    bits, pixels = channel_bits(net, [im], float(level))
     assert pixels == 128 * 192 and bits.shape == (net.M,)
-    lv = torch.tensor([level])
-    packets, _ = net.code_latents(*net.analyse(api.to_tensor(im, "cpu", net.stride), lv), lv)
+    packets, _ = net.code_latents(*net.analyse(api.to_tensor(im, "cpu", net.stride), level), quality)
     coded = 8 * len(packets[1].payload)
     assert bits.sum() == pytest.approx(coded, rel=0.02)
 

@@ -26,7 +26,7 @@ def test_decoding_is_lossless_with_respect_to_the_quantized_latents(sample_rgb):
     net, _, _ = zoo.load("hp")
     x = api.to_tensor(sample_rgb, "cpu", net.stride)
     level = net.level_of(50.0)
-    _, y_hat = net.code_latents(*net.analyse(x, level), level)
+    _, y_hat = net.code_latents(*net.analyse(x, level), 50.0)
     expected = api.to_rgb(net.synthesise(y_hat, level), *sample_rgb.shape[:2])
     decoded = api.decode_rgb(codec.encode(sample_rgb, quality=50))
     assert np.array_equal(decoded, expected)
@@ -145,9 +145,11 @@ def test_the_nine_coding_passes_cover_the_latent_once_and_decode_losslessly(tmp_
     assert len(masks) == 9
     assert torch.equal(sum(m.expand(1, 48, 4, 4).int() for m in masks), torch.ones(1, 48, 4, 4, dtype=torch.int))
     x = api.to_tensor(sample_rgb[:128, :192], "cpu", net.stride)
-    level = torch.tensor([3.5])
-    packets, y_hat = net.code_latents(*net.analyse(x, level), level)
-    decoded = net.decode_latents(packets, (x.shape[2] // 16, x.shape[3] // 16), level)
+    quality = 29.17  # between trained levels 3 and 4
+    level = net.level_of(quality)
+    packets, y_hat = net.code_latents(*net.analyse(x, level), quality)
+    header = bitstream.Header("hp", "hp-test", b"0000", 192, 128, quality, release=(0, 2, 0))
+    decoded = net.decode_latents(packets, header)
     assert torch.equal(decoded, y_hat)
     assert net.gaussian_conditional.likelihood_lower_bound.bound.item() > 0  # buffers survive export exactly
 
@@ -222,10 +224,11 @@ def test_cuda_round_trip_is_lossless_on_the_same_device(sample_rgb):
     assert psnr(sample_rgb, api.decode_rgb(data, device="cuda")) > 24
 
 
-def _coded_loss(net, rgb, y, z, level) -> float:
+def _coded_loss(net, rgb, y, z, quality) -> float:
     """What coding (y, z) really costs: lambda * 255^2 * MSE of the decoded image + file bits per pixel
     of the payload."""
-    packets, y_hat = net.code_latents(y, z, level)
+    packets, y_hat = net.code_latents(y, z, quality)
+    level = net.level_of(quality)
     h, w = rgb.shape[:2]
     out = api.to_rgb(net.synthesise(y_hat, level), h, w)
     mse = np.mean((out.astype(np.float64) - rgb) ** 2) / 255 ** 2
@@ -240,9 +243,9 @@ def test_refine_lowers_the_real_coded_loss_and_estimates_it_closely(sample_rgb):
     level = net.level_of(40.0)
     y0, z0 = net.analyse(x, level)
     estimate = net.coded_loss(x, y0, z0, level).item()
-    assert estimate == pytest.approx(_coded_loss(net, sample_rgb, y0, z0, level), rel=0.03)
+    assert estimate == pytest.approx(_coded_loss(net, sample_rgb, y0, z0, 40.0), rel=0.03)
     y, z = net.refine(x, y0, z0, level, steps=20)
-    assert _coded_loss(net, sample_rgb, y, z, level) < _coded_loss(net, sample_rgb, y0, z0, level)
+    assert _coded_loss(net, sample_rgb, y, z, 40.0) < _coded_loss(net, sample_rgb, y0, z0, 40.0)
     y_same, z_same = net.refine(x, y0, z0, level, steps=0)
     assert torch.equal(y_same, y0) and torch.equal(z_same, z0)  # nothing tried, nothing moved
     assert all(p.grad is None for p in net.parameters())

@@ -46,7 +46,8 @@ def test_autoencoder_cluster_prior_stages_log_export_and_keep_the_autoencoder_fr
         # have flipped since, but every clustered code keeps a main code.
         assert (mapping == vq.marginal_mapping(main_codes, codes)).float().mean() > 0.95
         assert torch.bincount(mapping, minlength=k).min() > 0
-    assert net.residual_pmf(1).sum().item() == pytest.approx(1.0) and (net.residual_pmf(1) > 0).all()
+    counts = net.residual_counts(1)
+    assert (counts > 0).all()  # every residual index codable (counts start at one)
 
     net, meta = _stage(tmp_path, "prior")
     assert meta["steps"]["prior"] > 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bitstream import Header
 from codec import api, zoo
 from codec.io import find_images, load_image
 
@@ -50,9 +51,9 @@ def main() -> None:
     paths = find_images(args.dataset)[: args.images]
     for i, path in enumerate([paths[0]] + paths):  # the first image once more, untimed, to warm up
         x = api.to_tensor(load_image(path), dev, net.stride)
-        te, (packets, _) = timed(lambda: net.code_latents(*net.analyse(x, level), level), dev)
-        hw = (x.shape[2] // 16, x.shape[3] // 16)
-        td, _ = timed(lambda: net.synthesise(net.decode_latents(packets, hw, level), level), dev)
+        te, (packets, _) = timed(lambda: net.code_latents(*net.analyse(x, level), args.quality), dev)
+        header = Header("hp", "hp", b"0000", x.shape[3], x.shape[2], args.quality, release=(0, 0, 0))
+        td, _ = timed(lambda: net.synthesise(net.decode_latents(packets, header), level), dev)
         with torch.no_grad():
             pe, out = timed(lambda: peer.compress(x), dev)
             pd, _ = timed(lambda: peer.decompress(out["strings"], out["shape"]), dev)

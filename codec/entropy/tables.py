@@ -32,15 +32,20 @@ def channel_indexes(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.arange(shape[1], dtype=np.int32).reshape(1, -1, 1, 1), shape)
 
 
-def scale_indexes(scales: np.ndarray, table_scales: np.ndarray, lower_bound: np.float32) -> np.ndarray:
-    """Gaussian scales (float32) -> the index of each one's CDF table: how many of the table's scales
-    (all but the last, increasing) lie below it, once raised to the lower bound. The same rule as
-    CompressAI's GaussianConditional.build_indexes, in one binary search."""
-    return np.searchsorted(table_scales, np.maximum(scales, lower_bound), side="left").astype(np.int32)
+def scale_indexes(log_scales: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Gaussian log-scales (int64 fixed point) -> the index of each one's CDF table: how many of the
+    tables' log-scales (`thresholds`, increasing, the same fixed point) lie below it. Integers only,
+    so encoder and decoder pick the same table on every machine."""
+    return np.searchsorted(thresholds, log_scales, side="left").astype(np.int32)
 
 
-def static_table(pmf: np.ndarray) -> Tables:
-    """One fixed distribution (K,) -> a one-row table (its last symbol, the escape, is never used)."""
-    from bitstream import coder
-    cdf = coder.pmf_to_cdf(np.append(pmf, 0.0))[None]
+def static_table(counts: np.ndarray) -> Tables:
+    """Symbol counts (K,) -> a one-row table of 16-bit frequencies in proportion, every symbol at
+    least 1, in integers (its last symbol, the escape, is never used here)."""
+    counts = np.append(np.asarray(counts, dtype=np.int64), 0)
+    total = 1 << 16
+    k = len(counts)
+    freq = counts * (total - k) // max(int(counts.sum()), 1) + 1
+    freq[np.argmax(counts)] += total - freq.sum()  # the rounding remainder to the commonest symbol
+    cdf = np.concatenate([[0], np.cumsum(freq)])[None]
     return Tables(cdf, np.array([cdf.shape[1]], np.int32), np.zeros(1, np.int32))

@@ -10,7 +10,8 @@ model up there and never branch on its family. Every class offers:
     forward(...)                    # training: reconstructions and likelihoods
     prepare(x) -> features          # the rate-free part of compress, computed once for a rate search
     compress(x, features, header, refine, searcher) -> [Packet]
-    decompress(packets, header, conceal) -> x_hat (1, 3, H, W), padded to the stride
+    decompress(packets, header, conceal) -> x_hat (1, 3, H, W), padded to the stride; it is
+    reconstruct(decode_latents(packets, header, conceal), header): the integer symbols, then the float synthesis
 
 Inside, a model turns latents into integer symbols and hands plain arrays (symbols, CDF-table
 indexes or CDF rows) to `codec.entropy` and the range coder, which know nothing of networks.

@@ -18,9 +18,9 @@ Two paths, kept apart: `forward` (training: additive-noise likelihoods) and `com
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +31,9 @@ with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecatio
 
 from bitstream import BitstreamError, Header, Packet, PacketKind
 from codec.entropy.tables import Tables, channel_indexes, scale_indexes
-from codec.quantizers.scalar import annealed_round, dequantize, quantize, round_straight_through
+from codec.models.integer import (FRAC, IntLayer, IntSequential, exp_fixed, interpolate_rows, ln_fixed, log_fixed,
+                                  scale_thresholds, shift_round, to_fixed)
+from codec.quantizers.scalar import annealed_round, quantize, round_straight_through
 
 # Rate-distortion trade-offs of the shipped model's levels (MSE on 8-bit pixels, as in CompressAI).
 LAMBDAS = (0.00013, 0.00035, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.2, 0.45, 0.9)
@@ -437,11 +439,10 @@ class ConditionedCheckerboard(nn.Module):
         return tuple(Tables(m._quantized_cdf.cpu().numpy(), m._cdf_length.cpu().numpy(), m._offset.cpu().numpy())
                      for m in (eb, gc))
 
-    def scale_indexes(self, scales: torch.Tensor) -> np.ndarray:
-        """Scales -> the index of y's CDF table each one is coded with."""
-        gc = self.gaussian_conditional
-        return scale_indexes(scales.cpu().numpy(), gc.scale_table[:-1].cpu().numpy(),
-                             gc.lower_bound_scale.bound.cpu().numpy()[0])
+    @functools.cached_property
+    def integer_prior(self) -> IntegerPrior:
+        """The coder's view of the latent prior, in integers (built once, from the weights as loaded)."""
+        return IntegerPrior(self)
 
     @torch.no_grad()
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -460,44 +461,49 @@ class ConditionedCheckerboard(nn.Module):
             on = next(net.parameters()).device
             y, z = net.refine(x.to(on), y.to(on), z.to(on), level.to(on), refine, size=(header.height, header.width))
             y, z = y.to(x.device), z.to(x.device)
-        return self.code_latents(y, z, level)[0]
+        return self.code_latents(y, z, header.quality)[0]
 
     @torch.no_grad()
-    def code_latents(self, y: torch.Tensor, z: torch.Tensor, level: torch.Tensor) -> tuple[list[Packet], torch.Tensor]:
-        """The gained latents (y, z) of an image -> (packets [z, y], y_hat as the decoder will see it)."""
+    def code_latents(self, y: torch.Tensor, z: torch.Tensor, quality: float) -> tuple[list[Packet], torch.Tensor]:
+        """The gained latents (y, z) of an image -> (packets [z, y], y_hat as the decoder will see it).
+        Symbols round the float latents around the integer prior's means; the tables they are coded
+        with are the integer prior's, so any machine decodes them."""
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
         hyper_tables, latent_tables = self.tables()
-        z_medians = self.z_medians().detach()
-        z_symbols = quantize(z, z_medians)
+        prior = self.integer_prior
+        z_symbols = quantize(z, self.z_medians().detach())
         z_stream = Encoder()
         hyper_tables.encode(z_stream, z_symbols.cpu().numpy(), channel_indexes(tuple(z.shape)))
-        hyper = self.hyper_features(dequantize(z_symbols, z_medians), level)
+        hyper = prior.hyper(z_symbols, quality)
         # One range-coder stream for y, pass after pass: a pass's prior depends on earlier passes.
         y_stream = Encoder()
-        y_hat, memo = torch.zeros_like(y), {}
+        y_hat, memo = torch.zeros(y.shape, dtype=torch.long, device=y.device), {}
         for step, mask in enumerate(self.latent_masks(y)):
-            scales, means = self.latent_params(hyper, y_hat, step, memo)
-            symbols = quantize(y, means)
+            log_scales, means = prior.params(hyper, y_hat, step, memo)
+            symbols = torch.round(y.double() - means.double() / (1 << FRAC)).long()
             m = mask.expand_as(y)
-            latent_tables.encode(y_stream, symbols[m].cpu().numpy(), self.scale_indexes(scales[m]))
-            y_hat = torch.where(m, dequantize(symbols, means), y_hat)
+            latent_tables.encode(y_stream, symbols[m].cpu().numpy(), prior.indexes(log_scales[m]))
+            y_hat = torch.where(m, (symbols << FRAC) + means, y_hat)
         packets = [Packet(PacketKind.HYPER, 0, z.shape[1], z_stream.finish()),
                    Packet(PacketKind.LATENT, 0, y.shape[1], y_stream.finish())]
-        return packets, y_hat
+        return packets, y_hat.float() / (1 << FRAC)
 
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> x_hat (1, 3, H, W), padded to the stride."""
-        level = self.level_of(header.quality).to(self.z_medians().device)
-        latent_hw = (-(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4)
-        return self.synthesise(self.decode_latents(packets, latent_hw, level, conceal), level)
+        return self.reconstruct(self.decode_latents(packets, header, conceal), header)
 
     @torch.no_grad()
-    def decode_latents(self, packets: list[Packet], latent_hw: tuple[int, int], level: torch.Tensor,
-                       conceal: bool = False) -> torch.Tensor:
-        """packets -> y_hat (1, M, h, w) for the latent grid latent_hw = (H/16, W/16). conceal: a damaged
-        or missing latent packet decodes as the prior's means, the most likely latent given z; without
-        z there is nothing to predict from, so a lost hyper packet still fails."""
+    def reconstruct(self, y_hat: torch.Tensor, header: Header) -> torch.Tensor:
+        """decode_latents' y_hat -> x_hat (1, 3, H, W), padded to the stride (the float synthesis)."""
+        return self.synthesise(y_hat, self.level_of(header.quality).to(y_hat.device))
+
+    @torch.no_grad()
+    def decode_latents(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
+        """packets -> y_hat (1, M, H/16, W/16) of the padded image: the symbols plus their integer means,
+        exact in float32. conceal: a damaged or missing latent packet decodes as the prior's means, the
+        most likely latent given z; without z there is nothing to predict from, so a lost hyper packet
+        still fails."""
         hyper_packets = [p for p in packets if p.kind == PacketKind.HYPER and not p.damaged]
         latent = [p for p in packets if p.kind == PacketKind.LATENT and not p.damaged]
         if not hyper_packets:
@@ -506,24 +512,102 @@ class ConditionedCheckerboard(nn.Module):
             raise BitstreamError("the latent packet is missing or corrupt")
         from bitstream.coder import Decoder
         device = self.z_medians().device
-        h, w = latent_hw
+        quality = header.quality
+        h, w = -(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4
         hyper_tables, latent_tables = self.tables()
+        prior = self.integer_prior
         z_shape = (1, self.N, (h + 3) // 4, (w + 3) // 4)
         z_symbols = hyper_tables.decode(Decoder(hyper_packets[0].payload), channel_indexes(z_shape))
-        z_hat = dequantize(torch.from_numpy(z_symbols).view(z_shape).to(device), self.z_medians().detach())
-        hyper = self.hyper_features(z_hat, level)
+        hyper = prior.hyper(torch.from_numpy(z_symbols).view(z_shape).to(device), quality)
         if hyper.shape[2:] != (h, w):
             raise BitstreamError("latent size does not match the image size in the header")
-        y_hat = torch.zeros((1, self.M, h, w), dtype=torch.float32, device=device)
+        y_hat = torch.zeros((1, self.M, h, w), dtype=torch.long, device=device)
         stream = Decoder(latent[0].payload) if latent else None
         memo = {}
         for step, mask in enumerate(self.latent_masks(y_hat)):
-            scales, means = self.latent_params(hyper, y_hat, step, memo)
+            log_scales, means = prior.params(hyper, y_hat, step, memo)
             m = mask.expand_as(y_hat)
             if stream is None:
                 y_hat = torch.where(m, means, y_hat)
                 continue
-            symbols = torch.zeros(y_hat.shape, dtype=torch.int32, device=device)
-            symbols[m] = torch.from_numpy(latent_tables.decode(stream, self.scale_indexes(scales[m]))).to(device)
-            y_hat = torch.where(m, dequantize(symbols, means), y_hat)
-        return y_hat
+            symbols = torch.zeros(y_hat.shape, dtype=torch.long, device=device)
+            symbols[m] = torch.from_numpy(latent_tables.decode(stream, prior.indexes(log_scales[m]))).long().to(device)
+            y_hat = torch.where(m, (symbols << FRAC) + means, y_hat)
+        return y_hat.float() / (1 << FRAC)
+
+
+class IntegerPrior(nn.Module):
+    """ConditionedCheckerboard's latent prior as the coder computes it, in integers
+    (codec.models.integer): from z's symbols and a quality to each latent's log-scale and mean at
+    FRAC fractional bits, pass by pass as `latent_params` computes them in float. Built from the
+    float weights; encoder and decoder get the same integers on any CPU or GPU.
+
+    A Gaussian's table is picked in the log domain: a group head's scale factor exp(f) becomes a
+    sum, and the table is the count of the tables' log-scales below the latent's."""
+
+    def __init__(self, net: ConditionedCheckerboard):
+        super().__init__()
+        self.M, self.B, self.group_starts = net.M, net.B, net.group_starts
+        self.hyper_synthesis = IntSequential(net.hyper_synthesis)
+        self.checkerboard_context = IntLayer(net.checkerboard_context)
+        self.checkerboard_parameters = IntSequential(net.checkerboard_parameters)
+        self.head_contexts = nn.ModuleList(IntLayer(head["context"]) for head in net.group_heads)
+        self.head_parameters = nn.ModuleList(IntSequential(head["params"]) for head in net.group_heads)
+        self.extra_context = IntLayer(net.extra_context)
+        self.extra_parameters = IntSequential(net.extra_parameters)
+        self.register_buffer("z_medians", to_fixed(net.z_medians().detach()))
+        self.register_buffer("log_hyper_inv_gain", net.log_hyper_inv_gain.detach().clone())
+        gc = net.gaussian_conditional
+        self.thresholds = scale_thresholds(gc.scale_table[:-1].cpu()).numpy()
+        self.log_bound = ln_fixed(float(gc.lower_bound_scale.bound))  # the smallest scale, 0.11
+        self.to(net.z_medians().device)
+
+    def hyper(self, z_symbols: torch.Tensor, quality: float) -> torch.Tensor:
+        """z's symbols (1, N, h/4, w/4) at a quality -> the hyper features (1, 2M, h, w)."""
+        gain = exp_fixed(interpolate_rows(self.log_hyper_inv_gain, quality)).view(1, -1, 1, 1)  # Q16
+        z_hat = (z_symbols.long() << FRAC) + self.z_medians
+        return self.hyper_synthesis(shift_round(z_hat * gain, 16))
+
+    def log_scales(self, scales: torch.Tensor) -> torch.Tensor:
+        """Raw scales at FRAC bits -> log(max(scale, 0.11)) at FRAC bits."""
+        return log_fixed(scales.clamp(min=1)).clamp(min=self.log_bound)
+
+    def indexes(self, log_scales: torch.Tensor):
+        """Log-scales of the coded latents (at least log 0.11 once a head's factor is added) -> table indexes."""
+        return scale_indexes(log_scales.clamp(min=self.log_bound).cpu().numpy(), self.thresholds)
+
+    def checkerboard_prior(self, hyper: torch.Tensor, anchors_hat: torch.Tensor, half: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        B = self.B
+        ctx = hyper.new_zeros((1, B) + hyper.shape[2:]) if half == 0 else \
+            self.checkerboard_context(anchors_hat[:, :B])
+        scales, means = self.checkerboard_parameters(torch.cat([hyper[:, :2 * B], ctx], 1)).chunk(2, 1)
+        pad = scales.new_zeros((1, self.M - B) + scales.shape[2:])
+        return torch.cat([self.log_scales(scales), pad], 1), torch.cat([means, pad], 1)
+
+    def params(self, hyper: torch.Tensor, y_hat: torch.Tensor, step: int, memo: dict
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-scales, means) of every latent for pass `step`, all int64 at FRAC bits; y_hat: the
+        latents decoded so far, int64 at FRAC bits (zero elsewhere); memo: kept over one image's passes."""
+        n_groups = len(self.group_starts) - 1
+        B = self.B
+        if step == 2 * n_groups:  # the extra channels, after every checkerboard channel
+            scales, means = self.extra_parameters(torch.cat([hyper[:, 2 * B:], self.extra_context(y_hat[:, :B])],
+                                                            1)).chunk(2, 1)
+            pad = scales.new_zeros((1, B) + scales.shape[2:])
+            return torch.cat([pad, self.log_scales(scales)], 1), torch.cat([pad, means], 1)
+        half, g = divmod(step, n_groups)
+        if half not in memo:
+            anchors_hat = torch.where(ConditionedCheckerboard.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
+            memo[half] = self.checkerboard_prior(hyper, anchors_hat, half)
+        log_scales, means = memo[half]
+        if g == 0:
+            return log_scales, means
+        lo, hi = self.group_starts[g], self.group_starts[g + 1]
+        i = half * (n_groups - 1) + g - 1
+        seen = self.head_contexts[i](y_hat[:, :lo])
+        log_factor, shift = self.head_parameters[i](torch.cat([seen, log_scales[:, lo:hi], means[:, lo:hi]],
+                                                              1)).chunk(2, 1)
+        log_scales = torch.cat([log_scales[:, :lo], log_scales[:, lo:hi] + log_factor, log_scales[:, hi:]], 1)
+        means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
+        return log_scales, means

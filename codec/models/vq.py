@@ -1,5 +1,5 @@
-"""The `vq` family's transforms: a VQGAN-style autoencoder with 16x downsampling, and the patch
-discriminator that trains it.
+"""The `vq` family: a VQGAN-style autoencoder with 16x downsampling, its clustered codebooks and
+its index prior, behind the compress/decompress seam (VQCodec).
 
 x: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> index maps (B, H/16, W/16), one per residual
 stage -> x_hat. GroupNorm residual blocks, as in VQGAN. The first and last 2x of the resolution are
@@ -119,22 +119,6 @@ class ClusteredCodebooks(nn.Module):
         getattr(self, f"mapping_{k}").copy_(mapping)
 
 
-class PatchDiscriminator(nn.Module):
-    """PatchGAN: one real/fake logit per ~70x70 patch. Used in training only; never shipped."""
-
-    def __init__(self, width: int = 64):
-        super().__init__()
-        w = width
-        self.net = nn.Sequential(
-            nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.GroupNorm(32, 2 * w), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.GroupNorm(32, 4 * w), nn.LeakyReLU(0.2),
-            nn.Conv2d(4 * w, 1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * 2 - 1)
-
-
 class VQCodec(nn.Module):
     """What a vq weights file holds: the autoencoder, its clustered codebooks, the index prior, and
     the frequencies with which residual stages code their indices.
@@ -174,9 +158,9 @@ class VQCodec(nn.Module):
             raise ValueError(f"no codebook of {k} codes (this model has {', '.join(map(str, self.sizes))})")
         return self.levels.get(k)
 
-    def residual_pmf(self, stage: int) -> torch.Tensor:
-        counts = getattr(self, f"residual_counts_{stage}").double()
-        return counts / counts.sum()
+    def residual_counts(self, stage: int) -> np.ndarray:
+        """How often each index of residual stage `stage` (1, 2, ...) occurred over the training set."""
+        return getattr(self, f"residual_counts_{stage}").cpu().numpy().astype(np.int64)
 
     # --- rates ---
 
@@ -225,13 +209,23 @@ class VQCodec(nn.Module):
         for stage, m in enumerate(maps[1:], start=1):
             symbols = m.flatten().cpu().numpy()
             enc = Encoder()
-            static_table(self.residual_pmf(stage).cpu().numpy()).encode(enc, symbols, np.zeros_like(symbols))
+            static_table(self.residual_counts(stage)).encode(enc, symbols, np.zeros_like(symbols))
             packets.append(Packet(PacketKind.INDICES, stage, m.numel(), enc.finish()))
         return packets
 
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> x_hat (1, 3, H, W), padded to the stride. Every stage's packet is needed."""
+        return self.reconstruct(self.decode_latents(packets, header), header)
+
+    @torch.no_grad()
+    def reconstruct(self, maps: torch.Tensor, header: Header) -> torch.Tensor:
+        """decode_latents' index maps -> x_hat (1, 3, H, W), padded to the stride (the float synthesis)."""
+        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0])
+
+    @torch.no_grad()
+    def decode_latents(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
+        """packets -> the index maps (depth, H/16, W/16) of the padded image, stage 1 first."""
         if (header.codebook, header.depth) not in self.points:
             raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
                                  f"which model {header.model_id!r} does not have")
@@ -249,7 +243,7 @@ class VQCodec(nn.Module):
             if stage == 0:
                 maps.append(self.prior.decompress(p.payload, h, w, codes, mapping))
                 continue
-            table = static_table(self.residual_pmf(stage).cpu().numpy())
+            table = static_table(self.residual_counts(stage))
             symbols = table.decode(Decoder(p.payload), np.zeros(h * w, np.int32))
             maps.append(torch.from_numpy(symbols).long().view(h, w).to(codes.device))
-        return self.autoencoder.synthesise([m[None] for m in maps], codes)
+        return torch.stack(maps)
