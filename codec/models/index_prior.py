@@ -118,30 +118,45 @@ class IndexPrior(nn.Module):
             p = torch.zeros(p.shape[0], k, dtype=p.dtype, device=p.device).index_add_(1, mapping, p)
         return p.cpu().numpy()
 
+    def integer(self, device: torch.device | str | None = None):
+        """The integer-only copy of this prior that compress/decompress code with (IntegerPrior, in
+        codec.models.integer_prior): built from the weights on first use and cached per device (the
+        weights are frozen at inference). Kept out of the module's children: no state_dict keys."""
+        device = torch.device(device if device is not None else self.token.weight.device)
+        cache = self.__dict__.setdefault("_integer", {})
+        if device not in cache:
+            from codec.models.integer_prior import IntegerPrior
+            cache[device] = IntegerPrior(self).to(device)
+        return cache[device]
+
     @torch.no_grad()
     def compress(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
-        """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group."""
-        from bitstream.coder import Encoder, pmf_to_cdf  # here: a training machine may lack the coder's build
-        indices = indices[None]
+        """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group.
+        The rows come from the integer path (`integer()`), identical on every machine."""
+        from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
+        net = self.integer(codes.device)
+        tokens = net.tokens(codes)
+        indices = indices[None].to(tokens.device)
         known = torch.zeros_like(indices, dtype=torch.bool)
         enc = Encoder()
         for group in self.groups(*indices.shape[1:], device=indices.device):
-            logits = self(indices, known, codes, group[None])
-            enc.encode_rows(indices[0][group].cpu().numpy(), pmf_to_cdf(self.pmf(logits, mapping, len(codes))))
+            freq = net.rows(indices, known, codes, mapping, group[None], tokens=tokens)
+            enc.encode_rows(indices[0][group].cpu().numpy(), net.cdf(freq))
             known[0] |= group
         return enc.finish()
 
     @torch.no_grad()
     def decompress(self, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
-        """bytes -> indices (h, w), running the network once per group as compress did."""
-        from bitstream.coder import Decoder, pmf_to_cdf
+        """bytes -> indices (h, w), running the integer network once per group as compress did."""
+        from bitstream.coder import Decoder
         device = codes.device
+        net = self.integer(device)
+        tokens = net.tokens(codes)
         indices = torch.zeros((1, h, w), dtype=torch.long, device=device)
         known = torch.zeros_like(indices, dtype=torch.bool)
         dec = Decoder(data)
         for group in self.groups(h, w, device=device):
-            logits = self(indices, known, codes, group[None])
-            rows = pmf_to_cdf(self.pmf(logits, mapping, len(codes)))
+            rows = net.cdf(net.rows(indices, known, codes, mapping, group[None], tokens=tokens))
             indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
             known[0] |= group
         return indices[0]
