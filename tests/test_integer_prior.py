@@ -243,3 +243,38 @@ def test_shipped_prior_rate_is_within_half_a_percent_of_the_float_path_on_the_sa
             assert torch.equal(net.prior.decompress(data, *m.shape[1:], codes, mapping), m[0])
         assert int_bits <= RATE_BOUND * float_bits, (k, int_bits, float_bits)
         assert int_bits >= 0.95 * float_bits  # the comparison measures something
+
+
+_ROWS_SCRIPT = """
+import hashlib, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_integer_prior import _all_rows, _prior
+prior = _prior(k=128, seed=3, dim=48, depth=2, heads=4)
+state, codes, maps = torch.load({data!r})
+prior.load_state_dict(state)
+digest = hashlib.sha256()
+for rows in _all_rows(prior.integer(), prior, maps, codes, torch.arange(128)):
+    digest.update(rows.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_rows_are_the_same_integers_with_older_cpu_kernels(tmp_path):
+    """Another machine, as far as one CPU can stand in for it: a process whose ATen, oneDNN and MKL
+    kernels are held to the SSE era computes the same integers as one with this CPU's widest. (The
+    weights and codes travel in a file: even random initialisation differs between the two.)"""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    prior = _prior(k=128, seed=3, dim=48, depth=2, heads=4)
+    codes, _ = _codebook(128)
+    torch.manual_seed(4)
+    torch.save((prior.state_dict(), codes, torch.randint(128, (1, 11, 13))), tmp_path / "prior.pt")
+    script = _ROWS_SCRIPT.format(root=str(ROOT), data=str(tmp_path / "prior.pt"))
+    old = dict(os.environ, ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41", MKL_ENABLE_INSTRUCTIONS="SSE4_2")
+    native, older = (subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                    env=env).stdout.strip() for env in (dict(os.environ), old))
+    assert len(native) == 64 and native == older

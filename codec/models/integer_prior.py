@@ -35,8 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from codec.models.integer import EXACT, WEIGHT_BITS, shift_round, to_fixed
+from codec.models.integer import EXACT, shift_round, to_fixed
 
+# Own constants, not integer.py's: a change there must not change the vq bitstream.
+WEIGHT_BITS = 14  # |integer weight| <= 2^WEIGHT_BITS, a power-of-two scale per output channel
 FRAC_A = 14       # fractional bits of every activation (residual stream, q/k/v, logits)
 CODE_FRAC = 15    # fractional bits of the unit-norm code vectors fed to the token layer
 GAMMA_FRAC = 14   # fractional bits of LayerNorm gains
