@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,12 @@ def to_fixed(x: torch.Tensor, frac: int = FRAC) -> torch.Tensor:
     """Float -> int64 at `frac` fractional bits. Exact for float values that are multiples of 2^-frac
     and deterministic for all others (a power-of-two scaling is exact, rounding is exact)."""
     return torch.round(x.double() * (1 << frac)).long()
+
+
+def pow2(exponents: torch.Tensor) -> torch.Tensor:
+    """2^e as float64, exactly (math.ldexp; a vectorised pow need not be exact)."""
+    return torch.tensor([math.ldexp(1.0, int(e)) for e in exponents.flatten().tolist()],
+                        dtype=torch.float64).view(exponents.shape)
 
 
 def shift_round(x: torch.Tensor, shift: torch.Tensor | int) -> torch.Tensor:
@@ -59,11 +66,11 @@ class IntLayer(nn.Module):
         shift = (WEIGHT_BITS - exponent).clamp(min=FRAC + 1, max=40)
         view = [1] * w.dim()
         view[out_dim] = -1
-        weight = torch.round(w * torch.pow(2.0, shift.double()).view(view))
+        weight = torch.round(w * pow2(shift).view(view))
         self.register_buffer("weight", weight)  # integers, stored as float64 for the exact convolution
         self.register_buffer("shift", shift.view(1, -1, 1, 1))  # accumulator bits above FRAC
         self.register_buffer("bias", torch.round(layer.bias.detach().double()
-                                                 * torch.pow(2.0, (shift + FRAC).double())).long().view(1, -1, 1, 1))
+                                                 * pow2(shift + FRAC)).long().view(1, -1, 1, 1))
         self.stride, self.padding = layer.stride, layer.padding
         self.output_padding = getattr(layer, "output_padding", 0)
         # Fan-in bound: |input| * 2^WEIGHT_BITS * taps < 2^53 keeps every partial sum exact.

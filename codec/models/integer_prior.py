@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import decimal
 import functools
-import math
 
 import numpy as np
 import torch
 from torch import nn
 
-from codec.models.integer import EXACT, shift_round, to_fixed
+from codec.models.integer import EXACT, pow2, shift_round, to_fixed
 
 # Own constants, not integer.py's: a change there must not change the vq bitstream.
 WEIGHT_BITS = 14  # |integer weight| <= 2^WEIGHT_BITS, a power-of-two scale per output channel
@@ -107,12 +106,6 @@ def unit_codes(codes: torch.Tensor) -> torch.Tensor:
     return to_fixed(c / norm[:, None], CODE_FRAC)
 
 
-def _pow2(exponents: torch.Tensor) -> torch.Tensor:
-    """2^e as float64, exactly (math.ldexp; a vectorised pow need not be exact)."""
-    return torch.tensor([math.ldexp(1.0, int(e)) for e in exponents.flatten().tolist()],
-                        dtype=torch.float64).view(exponents.shape)
-
-
 def _channel_shift(peak: torch.Tensor, low: int, high: int = 30) -> torch.Tensor:
     """Per output channel, the largest s with |w| * 2^s < 2^WEIGHT_BITS (peak < 2^exponent exactly)."""
     exponent = torch.frexp(peak.clamp(min=2.0 ** -30)).exponent.long()
@@ -132,13 +125,13 @@ class IntLinear(nn.Module):
         if gain is not None:
             w, b = w * gain[:, None], b * gain
         shift = _channel_shift(w.abs().amax(1), low=frac_out - frac_in + 1)
-        self.register_buffer("weight", torch.round(w * _pow2(shift)[:, None]).T.contiguous())
+        self.register_buffer("weight", torch.round(w * pow2(shift)[:, None]).T.contiguous())
         self.register_buffer("shift", shift + frac_in - frac_out)
         # The bias at the accumulator's scale plus the half that makes the final shift round; all
         # integers, kept in float64 for the exact arithmetic below.
-        bias = torch.round(b * _pow2(shift + frac_in)) + _pow2(self.shift - 1)
+        bias = torch.round(b * pow2(shift + frac_in)) + pow2(self.shift - 1)
         self.register_buffer("bias", bias)
-        self.register_buffer("scale", _pow2(-self.shift))
+        self.register_buffer("scale", pow2(-self.shift))
         # |x| <= limit keeps sum |x| |w| + |bias| < 2^53: every partial sum, in any order, and the
         # biased sum are exact integers.
         self.limit = int((EXACT - bias.abs().max().item()) // ((1 << WEIGHT_BITS) * w.shape[1])) - 1
@@ -182,10 +175,10 @@ class IntDepthwise(nn.Module):
         super().__init__()
         w = conv.weight.detach().cpu().double()[:, 0]  # (C, k, k)
         shift = _channel_shift(w.abs().amax((1, 2)), low=1)
-        self.register_buffer("weight", torch.round(w * _pow2(shift)[:, None, None])
+        self.register_buffer("weight", torch.round(w * pow2(shift)[:, None, None])
                              .long().permute(1, 2, 0).contiguous())  # (k, k, C)
         self.register_buffer("bias", torch.round(conv.bias.detach().cpu().double()
-                                                 * _pow2(shift + FRAC_A)).long())
+                                                 * pow2(shift + FRAC_A)).long())
         self.register_buffer("shift", shift)
         self.k, self.pad = w.shape[-1], conv.padding[0]
 

@@ -158,6 +158,12 @@ class VQCodec(nn.Module):
             raise ValueError(f"no codebook of {k} codes (this model has {', '.join(map(str, self.sizes))})")
         return self.levels.get(k)
 
+    def prior_codes(self, k: int) -> torch.Tensor:
+        """The code vectors the index prior reads for size K, as stored: the prior normalises them
+        itself, deterministically (a float32 normalisation here would round differently elsewhere)."""
+        main = self.autoencoder.quantizer
+        return main.stages[0].weight if k == main.codebook_size else self.levels.get(k)[0]
+
     def residual_counts(self, stage: int) -> np.ndarray:
         """How often each index of residual stage `stage` (1, 2, ...) occurred over the training set."""
         return getattr(self, f"residual_counts_{stage}").cpu().numpy().astype(np.int64)
@@ -204,7 +210,7 @@ class VQCodec(nn.Module):
             z = net.autoencoder.refine(x.to(on), features.to(on), net.codebook(header.codebook)[0], refine,
                                        size=(header.height, header.width)).to(x.device)
         maps = [m[0] for m in self.autoencoder.quantizer.indices(z, header.depth, codes)]
-        packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(), self.prior.compress(maps[0], codes, mapping))]
+        packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(), self.prior.compress(maps[0], self.prior_codes(header.codebook), mapping))]
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
         for stage, m in enumerate(maps[1:], start=1):
             symbols = m.flatten().cpu().numpy()
@@ -241,7 +247,7 @@ class VQCodec(nn.Module):
             if p.count != h * w:
                 raise BitstreamError(f"index packet {stage + 1} covers {p.count} indices, the image needs {h * w}")
             if stage == 0:
-                maps.append(self.prior.decompress(p.payload, h, w, codes, mapping))
+                maps.append(self.prior.decompress(p.payload, h, w, self.prior_codes(header.codebook), mapping))
                 continue
             table = static_table(self.residual_counts(stage))
             symbols = table.decode(Decoder(p.payload), np.zeros(h * w, np.int32))
