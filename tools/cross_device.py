@@ -71,7 +71,7 @@ def decode(args) -> None:
             continue
         row.update(decoded=True, symbols=hashlib.sha256(symbols.cpu().numpy().tobytes()).hexdigest(),
                    pixels=hashlib.sha256(rgb.tobytes()).hexdigest(),
-                   psnr=round(psnr(load_image(originals[name.split("-")[0]]), rgb), 4))
+                   psnr=round(psnr(load_image(originals[name.rsplit("-", 2)[0]]), rgb), 4))
         key = f"{row['writer']}__{name}"
         if key in reference:
             row["max_pixel_diff"] = int(np.abs(reference[key].astype(np.int16) - rgb).max())

@@ -56,7 +56,7 @@ class IntLayer(nn.Module):
 
     def __init__(self, layer: nn.Conv2d | nn.ConvTranspose2d):
         super().__init__()
-        w = layer.weight.detach().double()
+        w = layer.weight.detach().cpu().double()  # built on the CPU (pow2 is), then moved with .to()
         self.transposed = isinstance(layer, nn.ConvTranspose2d)
         out_dim = 1 if self.transposed else 0
         reduce = [d for d in range(w.dim()) if d != out_dim]
@@ -69,7 +69,7 @@ class IntLayer(nn.Module):
         weight = torch.round(w * pow2(shift).view(view))
         self.register_buffer("weight", weight)  # integers, stored as float64 for the exact convolution
         self.register_buffer("shift", shift.view(1, -1, 1, 1))  # accumulator bits above FRAC
-        self.register_buffer("bias", torch.round(layer.bias.detach().double()
+        self.register_buffer("bias", torch.round(layer.bias.detach().cpu().double()
                                                  * pow2(shift + FRAC)).long().view(1, -1, 1, 1))
         self.stride, self.padding = layer.stride, layer.padding
         self.output_padding = getattr(layer, "output_padding", 0)
