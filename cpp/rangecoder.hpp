@@ -10,6 +10,13 @@
 //  * The stream is big-endian; the decoder reads zero bytes past the end of its buffer (the encoder
 //    strips trailing zeros), so it never reads out of bounds and every loop is bounded by the
 //    number of symbols asked for: garbage in gives garbage symbols or an error, never a hang.
+//  * A payload is never empty: finish() strips trailing zero bytes but keeps the first byte, so a
+//    payload of more than one byte ends in a non-zero byte.
+//  * End of a payload: the decoder reads 4 bytes ahead and one more for each byte the encoder shifted
+//    out, so after the last symbol it has asked for exactly the 4 + S bytes of the encoder's unstripped
+//    output; the last 4 of them are the value finish() picked. Decoder::at_end() checks both (every
+//    byte read, and the last 4 bytes read are finish()'s choice for the final interval): together they
+//    hold exactly when the payload is the encoder's output for the symbols decoded, byte for byte.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +32,13 @@ constexpr uint32_t TOP = 1u << 24;
 constexpr int ESCAPE_LENGTH_BITS = 6;  // Elias-gamma length prefix of an escaped value, 0..63
 constexpr int MAX_ESCAPE_BITS = 40;    // larger escaped magnitudes cannot come from int32 symbols
 
+// Corrupt data: the payload cannot be what an encoder wrote (bitstream.coder maps it to BitstreamError).
 struct DecodeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Caller misuse: invalid CDF tables or rows, symbols or indexes out of range, use after finish/end.
+struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -65,20 +78,41 @@ class Encoder {
   }
 
   // Pick the value in [low, low + range) with the most trailing zero bits, emit it, and drop the
-  // leading byte (always 0: low + range never exceeds 2^32 at the top) and the trailing zeros.
+  // leading byte (always 0: low + range never exceeds 2^32 at the top) and the trailing zeros, all
+  // but the first byte: a payload is never empty (b"\0" is the stream of no information).
   std::string finish() {
-    for (int k = 32; k >= 0; --k) {
-      const uint64_t mask = (1ull << k) - 1;
-      const uint64_t v = (low_ + mask) & ~mask;
-      if (v >= low_ && v < low_ + range_) {
-        low_ = v;
-        break;
-      }
-    }
+    low_ = final_value(low_, range_);
     for (int i = 0; i < 5; ++i) shift_low();
     std::string s(out_.begin() + 1, out_.end());
-    while (!s.empty() && s.back() == 0) s.pop_back();
+    while (s.size() > 1 && s.back() == 0) s.pop_back();
     return s;
+  }
+
+  // The value in [low, low + range) with the most trailing zero bits (the smallest of those). Its
+  // choice is the same for low and low + 2^32, so the decoder can repeat it from low mod 2^32.
+  static uint64_t final_value(uint64_t low, uint32_t range) {
+    for (int k = 32; k >= 0; --k) {
+      const uint64_t mask = (1ull << k) - 1;
+      const uint64_t v = (low + mask) & ~mask;
+      if (v >= low && v < low + range) return v;
+    }
+    return low;  // not reached: k = 0 gives v = low
+  }
+
+  // A snapshot, to undo a call that failed part way (the output only grows, so its size suffices).
+  struct State {
+    uint64_t low, cache_size;
+    uint32_t range;
+    uint8_t cache;
+    size_t out_size;
+  };
+  State state() const { return {low_, cache_size_, range_, cache_, out_.size()}; }
+  void restore(const State& st) {
+    low_ = st.low;
+    cache_size_ = st.cache_size;
+    range_ = st.range;
+    cache_ = st.cache;
+    out_.resize(st.out_size);
   }
 
  private:
@@ -105,7 +139,8 @@ class Encoder {
 
 class Decoder {
  public:
-  Decoder(const uint8_t* data, size_t size) : p_(data), end_(data + size) {
+  // `data` must outlive the decoder (the binding owns a copy).
+  Decoder(const uint8_t* data, size_t size) : data_(data), size_(size) {
     for (int i = 0; i < 4; ++i) code_ = (code_ << 8) | next();
   }
 
@@ -113,9 +148,12 @@ class Decoder {
   inline uint32_t target() {
     r_ = range_ >> PRECISION;
     const uint32_t v = code_ / r_;
-    return v < TOTAL ? v : TOTAL - 1;  // only a corrupt stream lands past TOTAL
+    if (v < TOTAL) return v;
+    bad_ = true;  // only a corrupt stream lands past TOTAL
+    return TOTAL - 1;
   }
 
+  // Requires start <= target() < start + freq <= TOTAL (the caller checks it).
   inline void consume(uint32_t start, uint32_t freq) {
     code_ -= r_ * start;
     range_ = r_ * freq;
@@ -126,7 +164,10 @@ class Decoder {
     r_ = range_ >> nbits;
     uint32_t v = code_ / r_;
     const uint32_t limit = (1u << nbits) - 1;
-    if (v > limit) v = limit;
+    if (v > limit) {
+      v = limit;
+      bad_ = true;
+    }
     code_ -= r_ * v;
     range_ = r_;
     normalize();
@@ -144,9 +185,41 @@ class Decoder {
     return v - 1;
   }
 
+  // Bytes asked for so far, past the end of the buffer included (those read as zeros).
+  size_t bytes_read() const { return pos_; }
+  size_t size() const { return size_; }
+
+  // Whether the payload is exactly the encoder's output for the symbols decoded so far: every byte
+  // was read, no step left the interval (bad_), and the last 4 bytes read (zeros past the end) are
+  // the value Encoder::finish() picks in the final interval [low, low + range), low = window - code.
+  // Given those, the decoded value equals the encoder's at every step, so the bytes are the same.
+  bool at_end() const {
+    if (bad_ || pos_ < size_ || code_ >= range_) return false;
+    uint32_t window = 0;
+    for (size_t p = pos_ - 4; p < pos_; ++p) window = (window << 8) | (p < size_ ? data_[p] : 0u);
+    const uint32_t low = window - code_;  // mod 2^32; the encoder's carry bit does not change the choice
+    return static_cast<uint32_t>(Encoder::final_value(low, range_)) == window;
+  }
+
+  struct State {
+    size_t pos;
+    uint32_t range, code;
+    bool bad;
+  };
+  State state() const { return {pos_, range_, code_, bad_}; }
+  void restore(const State& st) {
+    pos_ = st.pos;
+    range_ = st.range;
+    code_ = st.code;
+    bad_ = st.bad;
+  }
 
  private:
-  inline uint8_t next() { return p_ < end_ ? *p_++ : 0; }
+  inline uint8_t next() {
+    const uint8_t b = pos_ < size_ ? data_[pos_] : 0;
+    ++pos_;
+    return b;
+  }
   inline void normalize() {
     while (range_ < TOP) {
       code_ = (code_ << 8) | next();
@@ -154,14 +227,17 @@ class Decoder {
     }
   }
 
-  const uint8_t* p_;
-  const uint8_t* end_;
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
   uint32_t range_ = 0xFFFFFFFFu;
   uint32_t code_ = 0;
   uint32_t r_ = 0;
+  bool bad_ = false;  // a step clamped a target: the stream is not an encoder's
 };
 
-// Largest s in [0, n) with cdf[s] <= v, given cdf[0] <= v (branch-free binary search).
+// Largest s in [0, n) with cdf[s] <= v, given cdf[0] <= v and cdf non-decreasing (branch-free binary
+// search). Whatever the values, it reads only cdf[0 .. n-1] (base + n never grows) and returns s < n.
 inline uint32_t search(const uint32_t* cdf, uint32_t n, uint32_t v) {
   const uint32_t* base = cdf;
   while (n > 1) {

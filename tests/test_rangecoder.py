@@ -87,10 +87,12 @@ def test_one_stream_carries_several_calls_in_order(tables):
     assert np.array_equal(dec.decode_rows(rows), b_sym)
 
 
-def test_empty_input_codes_to_empty_bytes(tables):
+def test_no_symbols_code_to_one_zero_byte_and_an_empty_payload_is_refused(tables):
     empty = np.zeros(0, np.int32)
-    assert coder.encode_indexed(empty, empty, *tables) == b""
-    assert coder.decode_indexed(b"", empty, *tables).size == 0
+    assert coder.encode_indexed(empty, empty, *tables) == b"\0"  # never empty: b"" is no encoder's output
+    assert coder.decode_indexed(b"\0", empty, *tables).size == 0
+    with pytest.raises(BitstreamError, match="empty payload"):
+        coder.Decoder(b"")
 
 
 # Integer tables and symbols that any machine builds alike, and the SHA-256 of the bytes they gave
@@ -126,17 +128,29 @@ def test_garbage_bytes_decode_to_symbols_or_a_bitstream_error_never_a_crash(tabl
     rng = np.random.default_rng(5)
     idx = rng.integers(0, 4, 3000).astype(np.int32)
     rows = coder.pmf_to_cdf(rng.dirichlet(np.ones(256), size=500))
-    errors = 0
+    decoded = 0
     for trial in range(300):
         garbage = rng.bytes(int(rng.integers(0, 200)))
         try:
-            out = coder.decode_indexed(garbage, idx, *tables)
-            assert out.shape == idx.shape
+            dec = coder.Decoder(garbage)  # refuses b"" and payloads ending in a zero byte
         except BitstreamError:
-            errors += 1
-        out = coder.decode_rows(garbage, rows)
+            assert garbage == b"" or garbage[-1] == 0
+            continue
+        try:
+            out = dec.decode_indexed(idx, *tables)
+            assert out.shape == idx.shape
+            decoded += 1
+        except BitstreamError:
+            pass
+        dec = coder.Decoder(garbage)
+        out = dec.decode_rows(rows)
         assert ((out >= 0) & (out < 256)).all()
-    assert errors < 300
+        try:
+            dec.end()
+            assert coder.encode_rows(out, rows) == garbage  # end() passes only for an encoder's exact output
+        except BitstreamError:
+            pass
+    assert decoded > 0
 
 
 @pytest.mark.parametrize("breakage", ["not_increasing", "wrong_total", "bad_length", "bad_index"])
@@ -167,3 +181,222 @@ def test_pmf_to_cdf_gives_every_symbol_a_nonzero_frequency_and_exact_total():
     assert (cdf[:, 0] == 0).all() and (cdf[:, -1] == 65536).all()
     assert (np.diff(cdf.astype(np.int64), axis=1) >= 1).all()
     assert np.array_equal(cdf[1], [0, 16384, 32768, 49152, 65536])
+
+
+# --- Payload ends -------------------------------------------------------------------------------------------
+
+def random_stream(rng, tables):
+    """An encoder's payload of 1-3 calls mixing both layouts, and the calls to decode it with."""
+    enc, calls = coder.Encoder(), []
+    for _ in range(int(rng.integers(1, 4))):
+        n = int(rng.choice([0, 1, 5, 50, 500]))
+        if rng.random() < 0.5:
+            idx = rng.integers(0, 4, n).astype(np.int32)
+            sym = np.round(rng.normal(size=n) * np.array([0.2, 1, 4, 20])[idx]).astype(np.int32)
+            if rng.random() < 0.1:
+                sym = tables[2][idx].copy()  # every symbol at its table's start 0: a stream of zero bytes
+            enc.encode_indexed(sym, idx, *tables)
+            calls.append(("indexed", sym, idx))
+        else:
+            rows = coder.pmf_to_cdf(rng.dirichlet(np.full(int(rng.choice([2, 16, 300])), 0.3), size=n))
+            sym = (rows[:, 1:-1] <= rng.integers(0, 65536, n)[:, None]).sum(1).astype(np.int32)
+            enc.encode_rows(sym, rows)
+            calls.append(("rows", sym, rows))
+    return enc.finish(), calls
+
+
+def decode_calls(data, calls, tables):
+    dec = coder.Decoder(data)
+    out = [dec.decode_indexed(c[2], *tables) if c[0] == "indexed" else dec.decode_rows(c[2]) for c in calls]
+    return dec, out
+
+
+def encode_calls(symbols, calls, tables):
+    enc = coder.Encoder()
+    for sym, c in zip(symbols, calls):
+        enc.encode_indexed(sym, c[2], *tables) if c[0] == "indexed" else enc.encode_rows(sym, c[2])
+    return enc.finish()
+
+
+def test_the_decoder_reads_past_every_valid_payload_and_end_accepts_it(tables):
+    """The decoder asks for 4 + S bytes (S bytes shifted out); finish() emits those 4 + S bytes with the
+    last three always zero (its value has >= 24 trailing zero bits) and strips trailing zeros, so a valid
+    payload is at least 3 bytes shorter than what the decoder reads: the read position alone cannot see
+    up to 3 appended bytes, and end() also checks that the last bytes read are finish()'s choice."""
+    rng = np.random.default_rng(11)
+    for _ in range(400):
+        data, calls = random_stream(rng, tables)
+        assert len(data) >= 1 and (len(data) == 1 or data[-1] != 0)
+        dec, out = decode_calls(data, calls, tables)
+        assert all(np.array_equal(o, c[1]) for o, c in zip(out, calls))
+        assert dec._dec.bytes_read >= len(data) + 3
+        dec.end()
+
+
+def test_end_passes_exactly_when_the_payload_is_the_encoders_output_for_the_symbols_decoded(tables):
+    """Junk appended, the last byte cut, or random bytes: end() raises BitstreamError, or the payload
+    is, byte for byte, what the encoder writes for the symbols decoded (such a payload is valid: no
+    check can tell it from a real one). Appended zero bytes are refused when the decoder is made."""
+    rng = np.random.default_rng(12)
+    outcomes = {"refused": 0, "valid for other symbols": 0}
+    for _ in range(300):
+        data, calls = random_stream(rng, tables)
+        with pytest.raises(BitstreamError, match="zero byte"):
+            coder.Decoder(data + b"\0")
+        variants = [data + bytes([int(b)]) for b in rng.integers(1, 256, 2)]
+        variants += [data + rng.bytes(3) + b"\x01", data[:-1].rstrip(b"\0") or b"\0"]
+        for d in variants:
+            try:
+                dec, out = decode_calls(d, calls, tables)
+                dec.end()
+            except BitstreamError:
+                outcomes["refused"] += 1
+                continue
+            outcomes["valid for other symbols"] += 1
+            assert encode_calls(out, calls, tables) == d
+    assert outcomes["refused"] > outcomes["valid for other symbols"], outcomes
+
+
+def test_junk_after_a_payload_is_refused_by_the_one_shot_decoders(tables):
+    rng = np.random.default_rng(13)
+    idx = rng.integers(0, 4, 2000).astype(np.int32)
+    sym = np.round(rng.normal(size=2000) * 4).astype(np.int32)
+    data = coder.encode_indexed(sym, idx, *tables)
+    assert np.array_equal(coder.decode_indexed(data, idx, *tables), sym)
+    for junk in (b"\x07" * 4, b"junk", b"\x00\x01\x00\x00\x00\x09"):
+        with pytest.raises(BitstreamError, match="corrupt data"):
+            coder.decode_indexed(data + junk, idx, *tables)
+    with pytest.raises(BitstreamError, match="zero byte"):
+        coder.decode_indexed(data + b"\0\0", idx, *tables)
+    rows = coder.pmf_to_cdf(rng.dirichlet(np.ones(8), size=100))
+    data = coder.encode_rows(np.zeros(100, np.int32) + 3, rows)
+    with pytest.raises(BitstreamError, match="corrupt data"):
+        coder.decode_rows(data + b"\x01\x02\x03\x04", rows)
+
+
+# --- Caller misuse: typed errors, never a crash or a wrapped value ------------------------------------------
+
+def rows8(n=4):
+    return coder.pmf_to_cdf(np.ones((n, 8)))
+
+
+def test_a_row_that_decreases_anywhere_is_refused_even_off_the_coded_symbol():
+    rows = rows8()
+    rows[1, 6], rows[1, 7] = rows[1, 7], rows[1, 6]  # symbol 1 of row 1 is fine, the row is not a CDF
+    with pytest.raises(coder.CoderError, match="never decrease"):
+        coder.encode_rows(np.array([0, 1, 2, 3], np.int32), rows)
+    rows = rows8()
+    rows[2, -1] = 65535
+    with pytest.raises(coder.CoderError, match="from 0 to 65536"):
+        coder.encode_rows(np.zeros(4, np.int32), rows)
+
+
+def test_a_coded_symbol_of_zero_frequency_is_refused_and_zero_width_symbols_elsewhere_are_fine():
+    rows = rows8()
+    rows[:, 3] = rows[:, 4]  # symbol 3 has zero width in every row
+    with pytest.raises(coder.CoderError, match="zero frequency"):
+        coder.encode_rows(np.array([0, 1, 3, 2], np.int32), rows)
+    sym = np.array([0, 4, 2, 7], np.int32)
+    assert np.array_equal(coder.decode_rows(coder.encode_rows(sym, rows), rows), sym)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.25])
+def test_pmf_to_cdf_refuses_nan_infinite_and_negative_probabilities(bad):
+    pmf = np.full((3, 4), 0.25)
+    pmf[1, 2] = bad
+    with pytest.raises(ValueError):
+        coder.pmf_to_cdf(pmf)
+    with pytest.raises(ValueError):
+        coder.pmf_to_cdf(np.full(4, 1e308))  # sums to inf
+
+
+def test_an_encoder_refuses_calls_after_finish_and_a_decoder_after_end(tables):
+    enc = coder.Encoder()
+    enc.encode_rows(np.array([1], np.int32), rows8(1))
+    data = enc.finish()
+    with pytest.raises(coder.CoderError, match="finished"):
+        enc.encode_rows(np.array([1], np.int32), rows8(1))
+    with pytest.raises(coder.CoderError, match="finished"):
+        enc.encode_indexed(np.zeros(3, np.int32), np.zeros(3, np.int32), *tables)
+    with pytest.raises(coder.CoderError, match="finished"):
+        enc.finish()
+    dec = coder.Decoder(data)
+    assert dec.decode_rows(rows8(1)).tolist() == [1]
+    dec.end()
+    with pytest.raises(coder.CoderError, match="ended"):
+        dec.decode_rows(rows8(1))
+    with pytest.raises(coder.CoderError, match="ended"):
+        dec.end()
+
+
+@pytest.mark.parametrize("symbol", [-1, 8, 2**31 - 1, -(2**31)])
+def test_row_symbols_out_of_range_are_refused(symbol):
+    with pytest.raises(coder.CoderError, match="outside"):
+        coder.encode_rows(np.array([0, symbol], np.int32), rows8(2))
+
+
+@pytest.mark.parametrize("which", ["symbols", "indexes", "offsets", "lengths"])
+def test_int64_values_past_int32_are_refused_not_wrapped(tables, which):
+    cdfs, lengths, offsets = tables
+    sym, idx = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    args = {"symbols": sym, "indexes": idx, "offsets": offsets.astype(np.int64), "lengths": lengths.astype(np.int64)}
+    args[which] = args[which].copy()
+    args[which][0] = 2**32 + int(args[which][0])  # wraps to the same int32 value
+    with pytest.raises(coder.CoderError, match="do not fit int32"):
+        coder.encode_indexed(args["symbols"], args["indexes"], cdfs, args["lengths"], args["offsets"])
+    args[which][0] -= 2**32  # int64 that fits: accepted
+    coder.encode_indexed(args["symbols"], args["indexes"], cdfs, args["lengths"], args["offsets"])
+    with pytest.raises(coder.CoderError, match="do not fit int32"):
+        coder.encode_rows(np.array([2**31], np.uint32), rows8(1))
+
+
+def test_negative_cdf_values_and_values_past_uint32_are_refused_not_wrapped(tables):
+    cdfs, lengths, offsets = tables
+    wrapped = cdfs.astype(np.int64)
+    wrapped[0, 1] -= 2**32  # would wrap to the same uint32 value
+    with pytest.raises(coder.CoderError, match="negative"):
+        coder.encode_indexed(np.zeros(2, np.int32), np.zeros(2, np.int32), wrapped, lengths, offsets)
+    wrapped[0, 1] += 2**33
+    with pytest.raises(coder.CoderError, match="does not fit uint32"):
+        coder.encode_indexed(np.zeros(2, np.int32), np.zeros(2, np.int32), wrapped, lengths, offsets)
+    rows = rows8(2).astype(np.int32)
+    rows[1, 0] = -1
+    with pytest.raises(coder.CoderError, match="negative"):
+        coder.decode_rows(b"\x12", rows)
+
+
+def test_float_arrays_and_non_bytes_payloads_are_type_errors(tables):
+    with pytest.raises(TypeError):
+        coder.encode_rows(np.array([0.0, 1.0]), rows8(2))
+    with pytest.raises(TypeError):
+        coder.encode_rows(np.array([0, 1], np.int32), rows8(2).astype(np.float64))
+    with pytest.raises(TypeError):
+        coder.Decoder(5)  # bytes(5) would be five zero bytes
+    from bitstream import _rangecoder
+    with pytest.raises(TypeError):  # the binding itself casts only safely: int64 does not wrap into int32
+        _rangecoder.RangeEncoder().encode_rows(np.array([2**32], np.int64), rows8(1))
+
+
+def test_a_call_that_fails_part_way_leaves_the_coder_as_it_was(tables):
+    rng = np.random.default_rng(14)
+    rows = coder.pmf_to_cdf(rng.dirichlet(np.ones(8), size=100))
+    sym = rng.integers(0, 8, 100).astype(np.int32)
+    broken = rows.copy()
+    broken[60, 2] = broken[60, 5]  # non-monotone at row 60: 60 symbols are coded before the error
+    enc = coder.Encoder()
+    assert enc.encode_rows(sym, rows) == 0
+    with pytest.raises(coder.CoderError):
+        enc.encode_rows(sym, broken)
+    with pytest.raises(coder.CoderError):
+        enc.encode_indexed(np.zeros(10, np.int32), np.arange(10, dtype=np.int32), *tables)  # index 4 names no table
+    assert enc.encode_rows(sym[::-1], rows[::-1]) == 1  # calls count in the stream only when coded
+    data = enc.finish()
+    assert data == coder.encode_rows(np.concatenate([sym, sym[::-1]]), np.concatenate([rows, rows[::-1]]))
+    dec = coder.Decoder(data)
+    bad = rows.copy()
+    bad[:, -1] = 65535
+    with pytest.raises(coder.CoderError):
+        dec.decode_rows(bad)
+    assert np.array_equal(dec.decode_rows(rows), sym)
+    assert np.array_equal(dec.decode_rows(rows[::-1]), sym[::-1])
+    dec.end()
