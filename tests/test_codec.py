@@ -201,8 +201,10 @@ def _decoded_or_error(data: bytes):
 
 def test_forged_payloads_with_valid_crcs_give_an_image_or_a_bitstream_error(sample_rgb):
     """CRCs stop accidental damage; a forged file reaches the range decoder and must still be safe:
-    a picture of the right size or a BitstreamError, nothing else."""
+    a picture of the right size or a BitstreamError, nothing else (an empty payload is an error:
+    an encoder never writes one)."""
     good = bitstream.read(codec.encode(sample_rgb, quality=50))
+    assert _decoded_or_error(bitstream.write(good)).shape == sample_rgb.shape  # the control decodes
     rng = np.random.default_rng(0)
     outcomes = []
     for trial in range(12):
@@ -212,13 +214,13 @@ def test_forged_payloads_with_valid_crcs_give_an_image_or_a_bitstream_error(samp
         out = _decoded_or_error(bitstream.write(c))
         assert isinstance(out, bitstream.BitstreamError) or out.shape == sample_rgb.shape
         outcomes.append(type(out).__name__)
-    assert set(outcomes) == {"ndarray", "BitstreamError"}, outcomes  # both ways out were exercised
+    assert "BitstreamError" in outcomes, outcomes  # the forgeries did reach the decoder's checks
 
 
 @pytest.mark.gpu
 def test_cuda_round_trip_is_lossless_on_the_same_device(sample_rgb):
-    """On a GPU the coding path runs there too. Files are portable only between devices that compute
-    the hyper-synthesis identically (float arithmetic): this pins the same-device round trip."""
+    """On a GPU the coding path runs there too: the same file twice, and a faithful decode there
+    (tests/test_portable.py decodes GPU-written files on the CPU)."""
     data = codec.encode(sample_rgb, quality=50, device="cuda")
     assert data == codec.encode(sample_rgb, quality=50, device="cuda")
     assert psnr(sample_rgb, api.decode_rgb(data, device="cuda")) > 24
