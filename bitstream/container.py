@@ -224,6 +224,44 @@ def read(data: bytes, strict: bool = True) -> Container:
     return Container(header, packets)
 
 
+class ConcealedWarning(UserWarning):
+    """A damaged, missing or unexpected packet that a concealing decoder went past."""
+
+
+def expect_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, int]],
+                   conceal: bool = False) -> list[Packet | None]:
+    """The packets a model wrote, checked against the layout it writes ((kind, first, count) each, in
+    order) -> one packet per slot. Strict: any packet missing, damaged, out of place or extra raises.
+    conceal: such packets give None in their slot (extra ones are dropped), each reported once as a
+    ConcealedWarning."""
+    import warnings
+    slots: list[Packet | None] = []
+    problems = []
+    for i, (kind, first, count) in enumerate(layout):
+        p = packets[i] if i < len(packets) else None
+        name = f"{kind.name.lower()} packet {i} (covering {first}..{first + count - 1})"
+        if p is None:
+            problems.append(f"the {name} is missing")
+        elif p.damaged:
+            problems.append(f"the {name} is corrupt")
+        elif (p.kind, p.first, p.count) != (kind, first, count):
+            problems.append(f"packet {i} should be the {name}, but is a {p.kind.name.lower()} packet covering "
+                            f"{p.first}..{p.first + p.count - 1}")
+        elif not p.payload:
+            problems.append(f"the {name} is empty")
+        else:
+            slots.append(p)
+            continue
+        slots.append(None)
+    if len(packets) > len(layout):
+        problems.append(f"{len(packets) - len(layout)} packets more than this model writes")
+    if problems and not conceal:
+        raise BitstreamError(problems[0])
+    for problem in problems:
+        warnings.warn(ConcealedWarning(problem + "; concealed"), stacklevel=2)
+    return slots
+
+
 def describe(data: bytes) -> dict:
     """Header fields and the packet list ({offset, length, kind, ...} in file bytes) of a .bin."""
     c = read(data)

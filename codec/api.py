@@ -22,8 +22,8 @@ from codec.io import ImageReadError, load_image
 
 RELEASE = tuple(int(v) for v in __version__.split("."))  # recorded in every file written
 
-# The networks run on a whole image at once: about 0.55 KB of memory a pixel on CPU (4.1 GB peak
-# for 6.3 M pixels), so larger images are refused rather than left to exhaust memory.
+# The default limit on an image's size, for encoding and decoding: a file's header is checked
+# against it before anything is allocated, so a small file cannot claim a huge image unasked.
 MAX_PIXELS = 1 << 25
 QUALITY_RANGE = (0.0, 100.0)
 
@@ -67,7 +67,7 @@ def model_qualities(model: str) -> list[float]:
 
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
            codebook: int | None = None, depth: int | None = None, refine: int = 0, device: str = "cpu",
-           refine_device: str | None = None) -> bytes:
+           refine_device: str | None = None, max_pixels: int | None = None) -> bytes:
     """Compress an image to the bytes of a .bin file.
 
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
@@ -76,7 +76,8 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     `refine`: steps of encoder-side search for latents that code better (hp: lower rate-distortion
     loss at the quality's lambda; vq, depth-1 points: indices that decode closer to the image). Each
     step costs about two decodes; decoding is unchanged. `refine_device`: where that search runs
-    (default: `device`); the file is still coded on `device`, so a GPU can search for a CPU's file."""
+    (default: `device`); the file is still coded on `device`, so a GPU can search for a CPU's file.
+    `max_pixels`: larger images are refused (default MAX_PIXELS)."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     model_id = zoo.DEFAULT_MODEL.get(model, model)
@@ -89,9 +90,10 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
         raise ValueError(f"refine must be >= 0 steps, not {refine}")
     rgb = as_rgb(image)
     h, w = rgb.shape[:2]
-    if h * w > MAX_PIXELS:
-        raise ImageReadError(f"a {w}x{h} image has {h * w / 1e6:.1f} M pixels; this version codes at most "
-                             f"{MAX_PIXELS / 1e6:.1f} M in one piece")
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if h * w > limit:
+        raise ImageReadError(f"a {w}x{h} image has {h * w / 1e6:.1f} M pixels, over the limit of {limit} "
+                             "(max_pixels, --max-pixels)")
     header = Header(family=net.family, model_id=model_id, weights_hash=whash, width=w, height=h, release=RELEASE)
     bitstream.container.header_bytes(header)  # validates the size before any model work
     budget = budget_bytes(bpp, size, w, h)
@@ -160,20 +162,24 @@ def search_quality(at, budget: float, iterations: int = 10) -> bytes:
     return lo
 
 
-def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False) -> np.ndarray:
+def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """The bytes of a .bin file -> (H, W, 3) uint8.
 
     conceal: damaged or missing packets are replaced by the prior's prediction where the model can
-    predict them, instead of failing."""
+    predict them, instead of failing, each reported as a bitstream.ConcealedWarning. max_pixels: a
+    file whose header claims a larger image is refused before any decoding (default MAX_PIXELS)."""
     container = bitstream.read(data, strict=not conceal)
     header = container.header
     if header.version < 2:
         raise BitstreamError(f"this file was written by {header.release_name} in format {header.version}, whose "
                              "float entropy model decodes only on the kind of machine that wrote it; decode it "
                              "there with codec 0.1.x (this release writes and reads format 2, portable files)")
-    if header.width * header.height > MAX_PIXELS:
-        raise BitstreamError(f"a {header.width}x{header.height} image is larger than this version decodes "
-                             f"({MAX_PIXELS / 1e6:.1f} M pixels)")
+    if header.mode != "image":
+        raise BitstreamError(f"this file holds a {header.mode}, which this release (codec {__version__}) does not decode")
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if header.width * header.height > limit:
+        raise BitstreamError(f"the file claims a {header.width}x{header.height} image, over the limit of {limit} "
+                             "pixels (max_pixels, --max-pixels)")
     net = model_of(header, device)
     return to_rgb(net.decompress(container.packets, header, conceal), header.height, header.width)
 
@@ -198,6 +204,6 @@ def model_of(header: Header, device: str = "cpu"):
     return net
 
 
-def decode(data: bytes, device: str = "cpu") -> Image.Image:
-    """The bytes of a .bin file -> PIL image (RGB)."""
-    return Image.fromarray(decode_rgb(data, device), "RGB")
+def decode(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None) -> Image.Image:
+    """The bytes of a .bin file -> PIL image (RGB); the arguments as decode_rgb's."""
+    return Image.fromarray(decode_rgb(data, device, conceal, max_pixels), "RGB")

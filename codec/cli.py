@@ -13,9 +13,11 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from bitstream import BitstreamError, describe
+from bitstream.container import ConcealedWarning
 from codec import __version__
 from codec.metrics import bpp
 
@@ -103,7 +105,7 @@ def cmd_encode(args) -> None:
     try:
         data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
                           codebook=args.codebook, depth=args.depth, refine=args.refine, device=args.device,
-                          refine_device=args.refine_device)
+                          refine_device=args.refine_device, max_pixels=args.max_pixels)
     except ValueError as e:  # the API's word for bad arguments
         raise UsageError(str(e)) from None
     encode_s = time.perf_counter() - t0
@@ -138,8 +140,13 @@ def cmd_decode(args) -> None:
         raise UsageError(f"{e} for {args.output}") from None
     data = read_input(args.input)
     t0 = time.perf_counter()
-    rgb = api.decode_rgb(data, device=args.device, conceal=args.conceal)
+    with warnings.catch_warnings(record=True) as concealed:
+        warnings.simplefilter("always", ConcealedWarning)
+        rgb = api.decode_rgb(data, device=args.device, conceal=args.conceal, max_pixels=args.max_pixels)
     decode_s = time.perf_counter() - t0
+    for w in concealed:
+        if issubclass(w.category, ConcealedWarning):
+            print(f"codec: warning: {w.message}", file=sys.stderr)
     out = encode_image(rgb, suffix)
     write_output(args.output, out)
     h, w = rgb.shape[:2]
@@ -209,6 +216,8 @@ def build_parser() -> Parser:
     e.add_argument("--refine-device", choices=["cpu", "cuda"], help="where --refine's search runs (default: "
                    "--device); the file is coded on --device, so `--refine-device cuda` searches on a GPU "
                    "for a file that decodes on a CPU")
+    e.add_argument("--max-pixels", type=_positive(int), metavar="N",
+                   help="refuse images of more than N pixels (default: 2^25, about 33.5 M)")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
 
@@ -217,8 +226,11 @@ def build_parser() -> Parser:
     d.add_argument("input", metavar="IN", help=".bin file, or - for stdin")
     d.add_argument("output", metavar="OUT", help="image to write, or - for PNG on stdout")
     d.add_argument("--conceal", action="store_true",
-                   help="decode past damaged latent packets (predicted from the prior) instead of failing")
+                   help="decode past damaged, missing or unexpected packets where the model can predict what they held "
+                        "(hp: the latent from the prior), each reported as a warning, instead of failing")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the networks run")
+    d.add_argument("--max-pixels", type=_positive(int), metavar="N",
+                   help="refuse files that claim more than N pixels, before decoding (default: 2^25, about 33.5 M)")
     d.add_argument("--json", action="store_true", help="print one JSON object: size, bpp, time")
     d.set_defaults(func=cmd_decode)
 

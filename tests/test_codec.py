@@ -1,4 +1,6 @@
 """End-to-end behaviour of the hp codec with the shipped weights (CPU)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -181,14 +183,58 @@ def test_the_shipped_weights_load_through_the_name_table_into_every_parameter():
 
 def test_images_too_large_to_code_in_memory_are_refused_before_any_work(monkeypatch, sample_rgb):
     from codec.io import ImageReadError
+    with pytest.raises(ImageReadError, match="over the limit of 10000"):
+        codec.encode(sample_rgb, max_pixels=100 * 100)
     monkeypatch.setattr(api, "MAX_PIXELS", 100 * 100)
-    with pytest.raises(ImageReadError, match="M pixels"):
+    with pytest.raises(ImageReadError, match="over the limit of 10000"):
         codec.encode(sample_rgb)
-    monkeypatch.setattr(api, "MAX_PIXELS", 1 << 25)
+    monkeypatch.undo()
     c = bitstream.read(codec.encode(sample_rgb[:64, :64], quality=5))
-    c.header.width, c.header.height = 16384, 16384  # legal in the format, too large to decode here
-    with pytest.raises(bitstream.BitstreamError, match="larger than this version decodes"):
+    c.header.width, c.header.height = 16384, 16384  # legal in the format, over the default limit
+    with pytest.raises(bitstream.BitstreamError, match="claims a 16384x16384 image, over the limit"):
         codec.decode(bitstream.write(c))
+    c.header.width, c.header.height = 128, 128
+    with pytest.raises(bitstream.BitstreamError, match="claims a 128x128 image, over the limit of 10000"):
+        codec.decode(bitstream.write(c), max_pixels=100 * 100)
+
+
+def _with_packets(data: bytes, edit) -> bytes:
+    """The file with its packet list edited by `edit(packets)`, CRCs recomputed (a forgery, not damage)."""
+    c = bitstream.read(data)
+    edit(c.packets)
+    return bitstream.write(c)
+
+
+def test_every_packet_is_checked_against_what_the_model_writes(sample_rgb):
+    data = codec.encode(sample_rgb[:64, :64], quality=50)
+    forged = {
+        "junk after a payload": lambda ps: setattr(ps[1], "payload", ps[1].payload + b"\x5a\x17\x99"),
+        "an emptied payload": lambda ps: setattr(ps[1], "payload", b""),
+        "a packet too many": lambda ps: ps.append(copy.deepcopy(ps[1])),
+        "a missing packet": lambda ps: ps.pop(),
+        "packets out of order": lambda ps: ps.reverse(),
+        "a wrong count": lambda ps: setattr(ps[1], "count", ps[1].count - 1),
+    }
+    for what, edit in forged.items():
+        with pytest.raises(bitstream.BitstreamError):
+            codec.decode(_with_packets(data, edit))
+            pytest.fail(f"{what} was accepted")
+
+
+def test_conceal_goes_past_a_lost_latent_packet_and_says_so(sample_rgb):
+    data = _with_packets(codec.encode(sample_rgb, quality=50), lambda ps: setattr(ps[1], "payload", b""))
+    with pytest.warns(bitstream.container.ConcealedWarning, match="latent packet 1 .* is empty; concealed"):
+        rgb = api.decode_rgb(data, conceal=True)
+    assert rgb.shape == sample_rgb.shape and psnr(sample_rgb, rgb) > 15
+
+
+def test_tiled_synthesis_matches_the_whole_image_to_float_rounding():
+    net = api.model_of(bitstream.read(codec.encode(np.zeros((64, 64, 3), np.uint8))).header)
+    y_hat = torch.randn(1, net.M, 20, 28, generator=torch.Generator().manual_seed(0)) * 3
+    level = net.level_of(50)
+    whole = net.synthesise(y_hat, level, tile=64)
+    tiled = net.synthesise(y_hat, level, tile=8)
+    assert (whole - tiled).abs().max() * 255 < 0.1  # levels of 255; a margin of 1 latent gives 6
 
 
 def _decoded_or_error(data: bytes):

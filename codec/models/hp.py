@@ -30,6 +30,7 @@ with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecatio
     from compressai.layers import GDN
 
 from bitstream import BitstreamError, Header, Packet, PacketKind
+from bitstream.container import expect_packets
 from codec.entropy.tables import Tables, channel_indexes, scale_indexes
 from codec.models.integer import (FRAC, IntLayer, IntSequential, exp_fixed, interpolate_rows, ln_fixed, log_fixed,
                                   scale_thresholds, shift_round, to_fixed)
@@ -104,6 +105,7 @@ class ConditionedCheckerboard(nn.Module):
     GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
     LEVEL_TABLES = GAIN_TABLES + ("synthesis_log_scale", "synthesis_shift", "analysis_log_scale", "analysis_shift")
     CHANNEL_CONTEXT = 128
+    SYNTHESIS_MARGIN = 4  # latents; from 3 up tiles match the whole-image synthesis to float rounding (2e-6)
 
     def __init__(self, N: int = 128, M: int = 256, lambdas: tuple[float, ...] = LAMBDAS):
         super().__init__()
@@ -356,9 +358,25 @@ class ConditionedCheckerboard(nn.Module):
         return y, z
 
     @torch.no_grad()
-    def synthesise(self, y_hat: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    def synthesise(self, y_hat: torch.Tensor, level: torch.Tensor, tile: int = 32) -> torch.Tensor:
+        """The decoder's synthesis, tile by tile: `tile` latents a side (512 pixels) with a margin of
+        SYNTHESIS_MARGIN latents around each, cropped away. The margin is wider than the synthesis'
+        reach, so tiles join without seams, and memory stays that of one tile whatever the image."""
         _, inv_gain, _, _ = self.gains(level)
-        return self.synthesis(y_hat * inv_gain, level).clamp(0, 1)
+        y = y_hat * inv_gain
+        h, w = y.shape[2:]
+        if h <= tile and w <= tile:
+            return self.synthesis(y, level).clamp(0, 1)
+        s, m = self.stride // 4, self.SYNTHESIS_MARGIN  # pixels a latent; margin in latents
+        out = y.new_empty((y.shape[0], 3, h * s, w * s))
+        for i in range(0, h, tile):
+            for j in range(0, w, tile):
+                i0, j0 = max(i - m, 0), max(j - m, 0)
+                x = self.synthesis(y[..., i0:min(i + tile + m, h), j0:min(j + tile + m, w)], level)
+                th, tw = min(tile, h - i), min(tile, w - j)
+                out[..., i * s:(i + th) * s, j * s:(j + tw) * s] = \
+                    x[..., (i - i0) * s:(i - i0 + th) * s, (j - j0) * s:(j - j0 + tw) * s]
+        return out.clamp(0, 1)
 
     def z_medians(self) -> torch.Tensor:
         """(1, N, 1, 1): z is coded around each channel's median."""
@@ -504,12 +522,13 @@ class ConditionedCheckerboard(nn.Module):
         exact in float32. conceal: a damaged or missing latent packet decodes as the prior's means, the
         most likely latent given z; without z there is nothing to predict from, so a lost hyper packet
         still fails."""
-        hyper_packets = [p for p in packets if p.kind == PacketKind.HYPER and not p.damaged]
-        latent = [p for p in packets if p.kind == PacketKind.LATENT and not p.damaged]
-        if not hyper_packets:
+        if header.codebook or header.depth:
+            raise BitstreamError(f"corrupt header: codebook {header.codebook} and depth {header.depth} "
+                                 f"for model {header.model_id!r}, which has neither")
+        hyper_packet, latent = expect_packets(packets, [(PacketKind.HYPER, 0, self.N), (PacketKind.LATENT, 0, self.M)],
+                                              conceal)
+        if hyper_packet is None:
             raise BitstreamError("the hyper-latent packet is missing or corrupt: the image cannot be decoded")
-        if not latent and not conceal:
-            raise BitstreamError("the latent packet is missing or corrupt")
         from bitstream.coder import Decoder
         device = self.z_medians().device
         quality = header.quality
@@ -517,12 +536,14 @@ class ConditionedCheckerboard(nn.Module):
         hyper_tables, latent_tables = self.tables()
         prior = self.integer_prior
         z_shape = (1, self.N, (h + 3) // 4, (w + 3) // 4)
-        z_symbols = hyper_tables.decode(Decoder(hyper_packets[0].payload), channel_indexes(z_shape))
+        z_stream = Decoder(hyper_packet.payload)
+        z_symbols = hyper_tables.decode(z_stream, channel_indexes(z_shape))
+        z_stream.end()
         hyper = prior.hyper(torch.from_numpy(z_symbols).view(z_shape).to(device), quality)
         if hyper.shape[2:] != (h, w):
             raise BitstreamError("latent size does not match the image size in the header")
         y_hat = torch.zeros((1, self.M, h, w), dtype=torch.long, device=device)
-        stream = Decoder(latent[0].payload) if latent else None
+        stream = Decoder(latent.payload) if latent else None
         memo = {}
         for step, mask in enumerate(self.latent_masks(y_hat)):
             log_scales, means = prior.params(hyper, y_hat, step, memo)
@@ -533,6 +554,8 @@ class ConditionedCheckerboard(nn.Module):
             symbols = torch.zeros(y_hat.shape, dtype=torch.long, device=device)
             symbols[m] = torch.from_numpy(latent_tables.decode(stream, prior.indexes(log_scales[m]))).long().to(device)
             y_hat = torch.where(m, (symbols << FRAC) + means, y_hat)
+        if stream is not None:
+            stream.end()
         return y_hat.float() / (1 << FRAC)
 
 

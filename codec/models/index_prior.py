@@ -159,6 +159,7 @@ class IndexPrior(nn.Module):
             rows = net.cdf(net.rows(indices, known, codes, mapping, group[None], tokens=tokens))
             indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
             known[0] |= group
+        dec.end()  # no byte left over, none missing
         return indices[0]
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bitstream import BitstreamError, Header, Packet, PacketKind
+from bitstream.container import expect_packets
 from codec.entropy.tables import static_table
 from codec.models.index_prior import IndexPrior
 from codec.quantizers.vq import VectorQuantizer
@@ -222,7 +223,7 @@ class VQCodec(nn.Module):
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> x_hat (1, 3, H, W), padded to the stride. Every stage's packet is needed."""
-        return self.reconstruct(self.decode_latents(packets, header), header)
+        return self.reconstruct(self.decode_latents(packets, header, conceal), header)
 
     @torch.no_grad()
     def reconstruct(self, maps: torch.Tensor, header: Header) -> torch.Tensor:
@@ -235,21 +236,24 @@ class VQCodec(nn.Module):
         if (header.codebook, header.depth) not in self.points:
             raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
                                  f"which model {header.model_id!r} does not have")
+        point_quality = self.qualities()[self.points.index((header.codebook, header.depth))]
+        if header.quality != point_quality:
+            raise BitstreamError(f"corrupt header: quality {header.quality} for codebook {header.codebook} at depth "
+                                 f"{header.depth}, whose quality is {point_quality}")
         from bitstream.coder import Decoder
         h, w = -(-header.height // self.stride), -(-header.width // self.stride)
         codes, mapping = self.codebook(header.codebook)
-        by_stage = {p.first: p for p in packets if p.kind == PacketKind.INDICES}
+        layout = [(PacketKind.INDICES, stage, h * w) for stage in range(header.depth)]
         maps = []
-        for stage in range(header.depth):
-            p = by_stage.get(stage)
-            if p is None or p.damaged:
+        for stage, p in enumerate(expect_packets(packets, layout, conceal)):
+            if p is None:
                 raise BitstreamError(f"the index packet of quantizer stage {stage + 1} is missing or corrupt")
-            if p.count != h * w:
-                raise BitstreamError(f"index packet {stage + 1} covers {p.count} indices, the image needs {h * w}")
             if stage == 0:
                 maps.append(self.prior.decompress(p.payload, h, w, self.prior_codes(header.codebook), mapping))
                 continue
             table = static_table(self.residual_counts(stage))
-            symbols = table.decode(Decoder(p.payload), np.zeros(h * w, np.int32))
+            stream = Decoder(p.payload)
+            symbols = table.decode(stream, np.zeros(h * w, np.int32))
+            stream.end()
             maps.append(torch.from_numpy(symbols).long().view(h, w).to(codes.device))
         return torch.stack(maps)
