@@ -1,3 +1,5 @@
+import collections
+
 import numpy as np
 import pytest
 
@@ -128,29 +130,36 @@ def test_garbage_bytes_decode_to_symbols_or_a_bitstream_error_never_a_crash(tabl
     rng = np.random.default_rng(5)
     idx = rng.integers(0, 4, 3000).astype(np.int32)
     rows = coder.pmf_to_cdf(rng.dirichlet(np.ones(256), size=500))
-    decoded = 0
+    outcomes = collections.Counter()
     for trial in range(300):
         garbage = rng.bytes(int(rng.integers(0, 200)))
-        try:
-            dec = coder.Decoder(garbage)  # refuses b"" and payloads ending in a zero byte
-        except BitstreamError:
+        dec = _outcome(lambda: coder.Decoder(garbage))  # refuses b"" and payloads ending in a zero byte
+        if isinstance(dec, BitstreamError):
             assert garbage == b"" or garbage[-1] == 0
             continue
-        try:
-            out = dec.decode_indexed(idx, *tables)
+        out = _outcome(lambda: dec.decode_indexed(idx, *tables))
+        if isinstance(out, BitstreamError):
+            outcomes["indexed: error"] += 1
+        else:
             assert out.shape == idx.shape
-            decoded += 1
-        except BitstreamError:
-            pass
+            outcomes["indexed: symbols"] += 1
         dec = coder.Decoder(garbage)
         out = dec.decode_rows(rows)
         assert ((out >= 0) & (out < 256)).all()
-        try:
-            dec.end()
-            assert coder.encode_rows(out, rows) == garbage  # end() passes only for an encoder's exact output
-        except BitstreamError:
-            pass
-    assert decoded > 0
+        if isinstance(_outcome(dec.end), BitstreamError):
+            outcomes["end: refused"] += 1
+        else:  # end() passes only for an encoder's exact output
+            assert coder.encode_rows(out, rows) == garbage
+    # Garbage went both ways out of decode_indexed, and end() refused what no encoder wrote.
+    assert outcomes["indexed: symbols"] and outcomes["indexed: error"] and outcomes["end: refused"], outcomes
+
+
+def _outcome(call):
+    """call()'s result, or the BitstreamError it raised (any other exception propagates)."""
+    try:
+        return call()
+    except BitstreamError as e:
+        return e
 
 
 @pytest.mark.parametrize("breakage", ["not_increasing", "wrong_total", "bad_length", "bad_index"])
