@@ -6,6 +6,7 @@ Every size read from a file is bounded before anything is allocated from it, and
 from __future__ import annotations
 
 import enum
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -234,7 +235,6 @@ def expect_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, in
     order) -> one packet per slot. Strict: any packet missing, damaged, out of place or extra raises.
     conceal: such packets give None in their slot (extra ones are dropped), each reported once as a
     ConcealedWarning."""
-    import warnings
     slots: list[Packet | None] = []
     problems = []
     for i, (kind, first, count) in enumerate(layout):

@@ -31,3 +31,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def decoded_or_error(call):
+    """call()'s result, or the BitstreamError it raised (any other exception propagates)."""
+    from bitstream import BitstreamError
+    try:
+        return call()
+    except BitstreamError as e:
+        return e

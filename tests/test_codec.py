@@ -10,6 +10,7 @@ import codec
 from codec import api, zoo
 from codec.metrics import bpp, psnr
 from codec.quantizers import scalar
+from tests.conftest import decoded_or_error
 
 
 def test_round_trip_returns_an_image_of_the_same_size_and_sane_quality(sample_rgb):
@@ -239,10 +240,7 @@ def test_tiled_synthesis_matches_the_whole_image_to_float_rounding():
 
 def _decoded_or_error(data: bytes):
     """The decoded image, or the BitstreamError decoding raised (any other exception propagates)."""
-    try:
-        return api.decode_rgb(data)
-    except bitstream.BitstreamError as e:
-        return e
+    return decoded_or_error(lambda: api.decode_rgb(data))
 
 
 def test_forged_payloads_with_valid_crcs_give_an_image_or_a_bitstream_error(sample_rgb):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from bitstream import BitstreamError, coder
+from tests.conftest import decoded_or_error as outcome
 
 
 def gaussian_tables(scales=(0.2, 1.0, 4.0, 20.0)):
@@ -133,11 +134,11 @@ def test_garbage_bytes_decode_to_symbols_or_a_bitstream_error_never_a_crash(tabl
     outcomes = collections.Counter()
     for trial in range(300):
         garbage = rng.bytes(int(rng.integers(0, 200)))
-        dec = _outcome(lambda: coder.Decoder(garbage))  # refuses b"" and payloads ending in a zero byte
+        dec = outcome(lambda: coder.Decoder(garbage))  # refuses b"" and payloads ending in a zero byte
         if isinstance(dec, BitstreamError):
             assert garbage == b"" or garbage[-1] == 0
             continue
-        out = _outcome(lambda: dec.decode_indexed(idx, *tables))
+        out = outcome(lambda: dec.decode_indexed(idx, *tables))
         if isinstance(out, BitstreamError):
             outcomes["indexed: error"] += 1
         else:
@@ -146,20 +147,13 @@ def test_garbage_bytes_decode_to_symbols_or_a_bitstream_error_never_a_crash(tabl
         dec = coder.Decoder(garbage)
         out = dec.decode_rows(rows)
         assert ((out >= 0) & (out < 256)).all()
-        if isinstance(_outcome(dec.end), BitstreamError):
+        if isinstance(outcome(dec.end), BitstreamError):
             outcomes["end: refused"] += 1
         else:  # end() passes only for an encoder's exact output
             assert coder.encode_rows(out, rows) == garbage
     # Garbage went both ways out of decode_indexed, and end() refused what no encoder wrote.
     assert outcomes["indexed: symbols"] and outcomes["indexed: error"] and outcomes["end: refused"], outcomes
 
-
-def _outcome(call):
-    """call()'s result, or the BitstreamError it raised (any other exception propagates)."""
-    try:
-        return call()
-    except BitstreamError as e:
-        return e
 
 
 @pytest.mark.parametrize("breakage", ["not_increasing", "wrong_total", "bad_length", "bad_index"])
