@@ -33,7 +33,7 @@ from bitstream import BitstreamError, Header, Packet, PacketKind
 from bitstream.container import expect_packets
 from codec.entropy.tables import Tables, channel_indexes, scale_indexes
 from codec.models.integer import (FRAC, IntLayer, IntSequential, exp_fixed, interpolate_rows, ln_fixed, log_fixed,
-                                  scale_thresholds, shift_round, to_fixed)
+                                  scale_thresholds, shift_round, tiled, to_fixed)
 from codec.quantizers.scalar import annealed_round, quantize, round_straight_through
 
 # Rate-distortion trade-offs of the shipped model's levels (MSE on 8-bit pixels, as in CompressAI).
@@ -566,7 +566,12 @@ class IntegerPrior(nn.Module):
     float weights; encoder and decoder get the same integers on any CPU or GPU.
 
     A Gaussian's table is picked in the log domain: a group head's scale factor exp(f) becomes a
-    sum, and the table is the count of the tables' log-scales below the latent's."""
+    sum, and the table is the count of the tables' log-scales below the latent's.
+
+    Every network runs in tiles of TILE latents (`integer.tiled`, with a halo of its reach): the
+    same integers as over the whole map, in the working memory of one tile."""
+
+    TILE = 32  # latents a side (512 pixels), as the synthesis's tiles
 
     def __init__(self, net: ConditionedCheckerboard):
         super().__init__()
@@ -589,7 +594,8 @@ class IntegerPrior(nn.Module):
         """z's symbols (1, N, h/4, w/4) at a quality -> the hyper features (1, 2M, h, w)."""
         gain = exp_fixed(interpolate_rows(self.log_hyper_inv_gain, quality)).view(1, -1, 1, 1)  # Q16
         z_hat = (z_symbols.long() << FRAC) + self.z_medians
-        return self.hyper_synthesis(shift_round(z_hat * gain, 16))
+        # Two transposed convolutions (x4) and a 3x3: a latent depends on z within 2 positions.
+        return tiled(self.hyper_synthesis, [shift_round(z_hat * gain, 16)], self.TILE // 4, 2, scale=4)
 
     def log_scales(self, scales: torch.Tensor) -> torch.Tensor:
         """Raw scales at FRAC bits -> log(max(scale, 0.11)) at FRAC bits."""
@@ -602,9 +608,12 @@ class IntegerPrior(nn.Module):
     def checkerboard_prior(self, hyper: torch.Tensor, anchors_hat: torch.Tensor, half: int
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         B = self.B
-        ctx = hyper.new_zeros((1, B) + hyper.shape[2:]) if half == 0 else \
-            self.checkerboard_context(anchors_hat[:, :B])
-        scales, means = self.checkerboard_parameters(torch.cat([hyper[:, :2 * B], ctx], 1)).chunk(2, 1)
+
+        def net(hyper, anchors_hat):  # a 5x5 context, then 1x1 layers: reach 2
+            ctx = hyper.new_zeros((1, B) + hyper.shape[2:]) if half == 0 else self.checkerboard_context(anchors_hat)
+            return self.checkerboard_parameters(torch.cat([hyper, ctx], 1))
+
+        scales, means = tiled(net, [hyper[:, :2 * B], anchors_hat[:, :B]], self.TILE, 2).chunk(2, 1)
         pad = scales.new_zeros((1, self.M - B) + scales.shape[2:])
         return torch.cat([self.log_scales(scales), pad], 1), torch.cat([means, pad], 1)
 
@@ -615,8 +624,8 @@ class IntegerPrior(nn.Module):
         n_groups = len(self.group_starts) - 1
         B = self.B
         if step == 2 * n_groups:  # the extra channels, after every checkerboard channel
-            scales, means = self.extra_parameters(torch.cat([hyper[:, 2 * B:], self.extra_context(y_hat[:, :B])],
-                                                            1)).chunk(2, 1)
+            scales, means = tiled(lambda hyper, seen: self.extra_parameters(torch.cat([hyper, self.extra_context(seen)], 1)),
+                                  [hyper[:, 2 * B:], y_hat[:, :B]], self.TILE, 1).chunk(2, 1)  # 3x3, then 1x1
             pad = scales.new_zeros((1, B) + scales.shape[2:])
             return torch.cat([pad, self.log_scales(scales)], 1), torch.cat([pad, means], 1)
         half, g = divmod(step, n_groups)
@@ -628,9 +637,8 @@ class IntegerPrior(nn.Module):
             return log_scales, means
         lo, hi = self.group_starts[g], self.group_starts[g + 1]
         i = half * (n_groups - 1) + g - 1
-        seen = self.head_contexts[i](y_hat[:, :lo])
-        log_factor, shift = self.head_parameters[i](torch.cat([seen, log_scales[:, lo:hi], means[:, lo:hi]],
-                                                              1)).chunk(2, 1)
+        log_factor, shift = tiled(lambda seen, *prior: self.head_parameters[i](torch.cat([self.head_contexts[i](seen), *prior], 1)),
+                                  [y_hat[:, :lo], log_scales[:, lo:hi], means[:, lo:hi]], self.TILE, 1).chunk(2, 1)
         log_scales = torch.cat([log_scales[:, :lo], log_scales[:, lo:hi] + log_factor, log_scales[:, hi:]], 1)
         means = torch.cat([means[:, :lo], means[:, lo:hi] + shift, means[:, hi:]], 1)
         return log_scales, means

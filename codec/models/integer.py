@@ -102,6 +102,27 @@ class IntSequential(nn.Module):
         return x
 
 
+def tiled(fn, inputs: list[torch.Tensor], tile: int, halo: int, scale: int = 1) -> torch.Tensor:
+    """fn(*inputs) computed tile by tile: inputs (1, C_i, h, w), each tile `tile` positions a side
+    with `halo` more on each side where the map has them, outputs (1, C, scale h, scale w) stitched.
+    Exactly fn(*inputs) for an integer network whose output at a position depends on inputs at most
+    `halo` positions away (integer arithmetic rounds nowhere), in the memory of one tile."""
+    h, w = inputs[0].shape[2:]
+    if h <= tile and w <= tile:
+        return fn(*inputs)
+    out = None
+    for i in range(0, h, tile):
+        for j in range(0, w, tile):
+            i0, j0 = max(i - halo, 0), max(j - halo, 0)
+            part = fn(*(x[..., i0:min(i + tile + halo, h), j0:min(j + tile + halo, w)] for x in inputs))
+            if out is None:
+                out = part.new_empty(part.shape[:2] + (scale * h, scale * w))
+            th, tw = min(tile, h - i), min(tile, w - j)
+            out[..., scale * i:scale * (i + th), scale * j:scale * (j + tw)] = \
+                part[..., scale * (i - i0):scale * (i - i0 + th), scale * (j - j0):scale * (j - j0 + tw)]
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _log_table(device: str) -> torch.Tensor:
     """round(ln(1 + i / 2^LOG_TABLE_BITS) * 2^FRAC) for i < 2^LOG_TABLE_BITS, correctly rounded."""
