@@ -30,11 +30,11 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # weights it was not made with. A release ships the ids below; a file naming another is refused.
 MODELS = {
     "hp-cbc2-v8": "hp-cbc2-v8.safetensors",
-    "vq-v3": "vq-v3.safetensors",
+    "vq-t16-v3": "vq-v3.safetensors",  # vq-v3 weights, index prior coded in 16x16 tiles (0.3.0)
 }
 # What `--model hp` / `--model vq` mean in this release. Format-1 files recorded these family names
 # as their model id; they decode when their weights hash is the default model's.
-DEFAULT_MODEL = {"hp": "hp-cbc2-v8", "vq": "vq-v3"}
+DEFAULT_MODEL = {"hp": "hp-cbc2-v8", "vq": "vq-t16-v3"}
 
 _TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 

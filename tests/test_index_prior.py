@@ -3,6 +3,7 @@ import math
 import numpy as np
 import torch
 
+from codec.models import index_prior
 from codec.models.index_prior import IndexPrior
 
 
@@ -12,6 +13,48 @@ def test_groups_partition_the_map_in_lattice_squared_steps():
     assert len(groups) == 9
     assert torch.equal(torch.stack(groups).sum(0), torch.ones(7, 10, dtype=torch.long))
     assert groups[0][0, 0] and groups[1][0, 2]  # even tile columns before odd ones
+
+
+def test_groups_of_a_map_smaller_than_the_cell_are_not_empty():
+    prior = IndexPrior(16, code_dim=4, dim=32, depth=1, heads=2, lattice=3)
+    for h, w in ((1, 1), (1, 4), (2, 2)):
+        groups = prior.groups(h, w)
+        assert len(groups) == min(h, 3) * min(w, 3) and all(g.any() for g in groups)
+        assert torch.equal(torch.stack(groups).sum(0), torch.ones(h, w, dtype=torch.long))
+
+
+def test_tiles_cover_the_map_once_in_batches_of_one_shape(monkeypatch):
+    monkeypatch.setattr(index_prior, "TILE_BATCH", 2)
+    batches = index_prior.tile_batches(35, 20)  # tiles 16, 16, 3 rows x 16, 4 columns
+    cover = torch.zeros(35, 20, dtype=torch.long)
+    for batch in batches:
+        assert 1 <= len(batch) <= 2 and len({t[2:] for t in batch}) == 1
+        for top, left, th, tw in batch:
+            assert th == min(16, 35 - top) and tw == min(16, 20 - left)
+            cover[top:top + th, left:left + tw] += 1
+    assert torch.equal(cover, torch.ones(35, 20, dtype=torch.long))
+    maps = torch.randint(100, (2, 35, 20))
+    out = torch.zeros_like(maps)
+    for batch in batches:
+        index_prior.scatter_tiles(out, batch, index_prior.gather_tiles(maps, batch))
+    assert torch.equal(out, maps)
+
+
+def test_a_map_of_many_tiles_codes_losslessly_each_tile_on_its_own(monkeypatch):
+    monkeypatch.setattr(index_prior, "TILE_BATCH", 2)  # several batches of the 16x16 tiles too
+    torch.manual_seed(6)
+    prior = IndexPrior(32, code_dim=4, dim=32, depth=1, heads=2).eval()
+    codes, identity = _codebook(32)
+    indices = torch.randint(32, (35, 37))
+    data = prior.compress(indices, codes, identity)
+    assert torch.equal(prior.decompress(data, 35, 37, codes, identity), indices)
+    assert abs(prior.coded_bits(indices[None], codes, identity) * indices.numel() - len(data) * 8) < 0.02 * len(data) * 8
+    # Each tile is coded from its own indices only: a map of four copies of one tile costs four
+    # times that tile (its own bits, whatever the neighbours).
+    tile = indices[:16, :16]
+    four = tile.repeat(2, 2)
+    assert abs(prior.coded_bits(four[None], codes, identity) - prior.coded_bits(tile[None], codes, identity)) < 1e-4
+    assert len(prior.compress(four, codes, identity)) < 4 * len(prior.compress(tile, codes, identity)) + 4
 
 
 def _codebook(k: int, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ FORMAT1 = ROOT / "tests" / "data" / "format1"  # written by codec 0.1.0 (commit 
 
 
 def test_a_file_records_the_versioned_model_id_its_weights_and_the_release(sample_rgb):
-    for family, model_id in (("hp", "hp-cbc2-v8"), ("vq", "vq-v3")):
+    for family, model_id in (("hp", "hp-cbc2-v8"), ("vq", "vq-t16-v3")):
         header = bitstream.read(codec.encode(sample_rgb, model=family, quality=30)).header
         assert (header.version, header.family, header.model_id) == (2, family, model_id)
         assert header.weights_hash == zoo.weights_hash(zoo.weights_path(model_id))
@@ -66,5 +66,9 @@ def test_the_cli_refuses_an_unshipped_model_in_one_line_and_info_shows_the_id(tm
 def test_the_shipped_model_ids_are_family_architecture_and_version():
     for model_id, file in zoo.MODELS.items():
         net, meta, _ = zoo.load(model_id)
-        assert file == f"{model_id}.safetensors" and model_id.startswith(net.family + "-")
+        # The id names the family and the weights version of its file (vq-t16-v3: vq-v3's weights,
+        # its prior coded in 16 x 16 tiles).
+        weights = file.removesuffix(".safetensors").split("-")
+        assert model_id.startswith(net.family + "-") and weights[0] == net.family
+        assert model_id.split("-")[-1] == weights[-1]
     assert np.all([zoo.DEFAULT_MODEL[f] in zoo.MODELS for f in ("hp", "vq")])

@@ -1,9 +1,12 @@
 """The vq family's learned entropy model: a bidirectional transformer over the index map.
 
-The map is coded in a fixed number of parallel steps (MaskGIT-style). Positions are split into
-`lattice`^2 groups by their place in a lattice x lattice tile; step g codes group g with a
-distribution predicted from every index of the groups before it (the rest masked), so a decoder
-runs the network `lattice`^2 times whatever the image size. The same network, trained with random
+The map is coded in TILE x TILE tiles, each on its own (the size of the training maps): the
+attention, quadratic in the positions it sees, then costs time linear in the image's pixels and the
+memory of TILE_BATCH tiles, whatever the size a header claims. Within a tile, positions are coded in
+a fixed number of parallel steps (MaskGIT-style): they are split into `lattice`^2 groups by their
+place in a lattice x lattice cell; step g codes group g with a distribution predicted from every
+index of the groups before it (the rest masked), so a decoder runs the network `lattice`^2 times a
+batch of tiles. The same network, trained with random
 masking ratios, can later predict indices lost from a damaged packet.
 
 One network serves every codebook size. A known index enters as its code vector (so a clustered
@@ -23,6 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+TILE = 16         # index-map tile side coded on its own: 256-pixel training crops give 16 x 16 maps
+TILE_BATCH = 64   # tiles of one shape run through the network together
 
 
 class IndexPrior(nn.Module):
@@ -58,12 +64,13 @@ class IndexPrior(nn.Module):
 
     def groups(self, h: int, w: int, device=None) -> list[torch.Tensor]:
         """Bool masks (h, w), one per coding step, partitioning the map. Groups are taken in an order
-        that spreads the early ones over the tile (every other row and column first)."""
+        that spreads the early ones over the cell (every other row and column first); a map smaller
+        than the cell has no empty ones."""
         s = self.lattice
         i = torch.arange(h, device=device)[:, None] % s
         j = torch.arange(w, device=device)[None, :] % s
         order = sorted(range(s * s), key=lambda g: (_spread(g // s, s), _spread(g % s, s)))
-        return [(i == g // s) & (j == g % s) for g in order]
+        return [(i == g // s) & (j == g % s) for g in order if g // s < h and g % s < w]
 
     def loss(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor,
              scheduled: float = 0.0) -> torch.Tensor:
@@ -91,14 +98,16 @@ class IndexPrior(nn.Module):
     @torch.no_grad()
     def coded_bits(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> float:
         """Bits an index that compress() spends on these maps (B, h, w), to within the coder's
-        rounding: each group predicted from the groups before it."""
-        known = torch.zeros_like(indices, dtype=torch.bool)
+        rounding: each tile on its own, each group predicted from the groups before it."""
         total = 0.0
-        for group in self.groups(*indices.shape[1:], device=indices.device):
-            select = group.expand_as(known)
-            logits = self(indices, known, codes, select).float()
-            total -= self.log2_prob(logits, indices[select], mapping, len(codes)).sum().item()
-            known |= select
+        for batch in tile_batches(*indices.shape[1:]):
+            maps = gather_tiles(indices, batch)
+            known = torch.zeros_like(maps, dtype=torch.bool)
+            for group in self.groups(*maps.shape[1:], device=maps.device):
+                select = group.expand_as(known)
+                logits = self(maps, known, codes, select).float()
+                total -= self.log2_prob(logits, maps[select], mapping, len(codes)).sum().item()
+                known |= select
         return total / indices.numel()
 
     def log2_prob(self, logits: torch.Tensor, target: torch.Tensor, mapping: torch.Tensor, k: int) -> torch.Tensor:
@@ -131,36 +140,65 @@ class IndexPrior(nn.Module):
 
     @torch.no_grad()
     def compress(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
-        """indices (h, w) into `codes` -> bytes: one range-coder stream, one batch of CDF rows per group.
-        The rows come from the integer path (`integer()`), identical on every machine."""
+        """indices (h, w) into `codes` -> bytes: one range-coder stream; per batch of tiles, one
+        batch of CDF rows per group. The rows come from the integer path (`integer()`), identical
+        on every machine."""
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
         net = self.integer(codes.device)
         tokens = net.tokens(codes)
         indices = indices[None].to(tokens.device)
-        known = torch.zeros_like(indices, dtype=torch.bool)
         enc = Encoder()
-        for group in self.groups(*indices.shape[1:], device=indices.device):
-            freq = net.rows(indices, known, codes, mapping, group[None], tokens=tokens)
-            enc.encode_rows(indices[0][group].cpu().numpy(), net.cdf(freq))
-            known[0] |= group
+        for batch in tile_batches(*indices.shape[1:]):
+            maps = gather_tiles(indices, batch)
+            known = torch.zeros_like(maps, dtype=torch.bool)
+            for group in self.groups(*maps.shape[1:], device=maps.device):
+                freq = net.rows(maps, known, codes, mapping, group[None], tokens=tokens)
+                enc.encode_rows(maps[:, group].flatten().cpu().numpy(), net.cdf(freq))
+                known[:, group] = True
         return enc.finish()
 
     @torch.no_grad()
     def decompress(self, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
-        """bytes -> indices (h, w), running the integer network once per group as compress did."""
+        """bytes -> indices (h, w), running the integer network once per batch of tiles and group
+        as compress did."""
         from bitstream.coder import Decoder
         device = codes.device
         net = self.integer(device)
         tokens = net.tokens(codes)
         indices = torch.zeros((1, h, w), dtype=torch.long, device=device)
-        known = torch.zeros_like(indices, dtype=torch.bool)
         dec = Decoder(data)
-        for group in self.groups(h, w, device=device):
-            rows = net.cdf(net.rows(indices, known, codes, mapping, group[None], tokens=tokens))
-            indices[0][group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device)
-            known[0] |= group
+        for batch in tile_batches(h, w):
+            maps = gather_tiles(indices, batch)
+            known = torch.zeros_like(maps, dtype=torch.bool)
+            for group in self.groups(*maps.shape[1:], device=device):
+                rows = net.cdf(net.rows(maps, known, codes, mapping, group[None], tokens=tokens))
+                maps[:, group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device).view(len(maps), -1)
+                known[:, group] = True
+            scatter_tiles(indices, batch, maps)
         dec.end()  # no byte left over, none missing
         return indices[0]
+
+
+def tile_batches(h: int, w: int) -> list[list[tuple[int, int, int, int]]]:
+    """An h x w map's TILE x TILE tiles (top, left, height, width), in raster order, grouped by
+    shape (edge tiles are smaller) into batches of at most TILE_BATCH."""
+    by_shape: dict[tuple[int, int], list] = {}
+    for top in range(0, h, TILE):
+        for left in range(0, w, TILE):
+            shape = (min(TILE, h - top), min(TILE, w - left))
+            by_shape.setdefault(shape, []).append((top, left, *shape))
+    return [tiles[i:i + TILE_BATCH] for tiles in by_shape.values() for i in range(0, len(tiles), TILE_BATCH)]
+
+
+def gather_tiles(maps: torch.Tensor, batch: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """(B, h, w) maps, a batch of same-shaped tiles -> (len(batch) * B, th, tw), tile-major."""
+    return torch.cat([maps[:, t:t + th, l:l + tw] for t, l, th, tw in batch])
+
+
+def scatter_tiles(maps: torch.Tensor, batch: list[tuple[int, int, int, int]], tiles: torch.Tensor) -> None:
+    """gather_tiles' inverse: write the tiles back into the (B, h, w) maps."""
+    for (t, l, th, tw), tile in zip(batch, tiles.split(maps.shape[0])):
+        maps[:, t:t + th, l:l + tw] = tile
 
 
 def _spread(r: int, s: int) -> int:

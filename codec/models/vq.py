@@ -247,7 +247,8 @@ class VQCodec(nn.Module):
         maps = []
         for stage, p in enumerate(expect_packets(packets, layout, conceal)):
             if p is None:
-                raise BitstreamError(f"the index packet of quantizer stage {stage + 1} is missing or corrupt")
+                raise BitstreamError(f"the index packet of quantizer stage {stage + 1} is missing or corrupt, "
+                                     "and the vq family cannot conceal a lost packet")
             if stage == 0:
                 maps.append(self.prior.decompress(p.payload, h, w, self.prior_codes(header.codebook), mapping))
                 continue
