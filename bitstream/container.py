@@ -73,6 +73,10 @@ class Container:
         return [p for p in self.packets if p.kind == kind]
 
 
+class ConcealedWarning(UserWarning):
+    """A damaged, missing or unexpected packet that a concealing decoder went past."""
+
+
 # --- varints (LEB128, unsigned) ---
 
 def _put_varint(out: bytearray, value: int) -> None:
@@ -192,8 +196,9 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
 
 
 def read(data: bytes, strict: bool = True) -> Container:
-    """Parse a .bin. strict: any damaged packet raises; else it is kept with payload None, and a
-    truncated tail loses only the packets it cuts."""
+    """Parse a .bin. strict: any damaged packet or trailing byte raises; else a damaged packet is
+    kept with payload None, a truncated tail loses only the packets it cuts, and bytes after the last
+    packet are reported (ConcealedWarning) and ignored."""
     data = bytes(data)
     header, count, pos = read_header(data)
     packets: list[Packet] = []
@@ -211,7 +216,8 @@ def read(data: bytes, strict: bool = True) -> Container:
         except BitstreamError:
             if strict:
                 raise
-            break  # a truncated or garbled frame: the packets from here on are lost
+            pos = len(data)  # a truncated or garbled frame: the packets from here on are lost
+            break
         pos = r.pos
         known = kind in PacketKind._value2member_map_
         ok = crc == zlib.crc32(data[start:pos - 4]) and known
@@ -220,13 +226,12 @@ def read(data: bytes, strict: bool = True) -> Container:
         # A damaged packet keeps the kind its frame claims, if any: a hint, not to be trusted.
         packets.append(Packet(PacketKind(kind) if known else None, first, span, payload if ok else None,
                               start, pos - start))
-    if strict and pos != len(data):
-        raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last packet")
+    if pos != len(data):
+        problem = f"{len(data) - pos} unexpected bytes after the last packet"
+        if strict:
+            raise BitstreamError(problem)
+        warnings.warn(ConcealedWarning(problem + "; ignored"), stacklevel=2)
     return Container(header, packets)
-
-
-class ConcealedWarning(UserWarning):
-    """A damaged, missing or unexpected packet that a concealing decoder went past."""
 
 
 def expect_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, int]],

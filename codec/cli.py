@@ -83,8 +83,10 @@ def write_output(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise BitstreamError(f"cannot write {path}: {e.strerror}") from None
         raise
 
 
@@ -97,7 +99,7 @@ def _report(args, summary: str, fields: dict) -> None:
 
 def cmd_encode(args) -> None:
     from codec import api
-    from codec.io import load_image
+    from codec.io import ImageReadError, load_image
     from codec.metrics import psnr
 
     rgb = load_image(read_input(args.input))
@@ -106,6 +108,8 @@ def cmd_encode(args) -> None:
         data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
                           codebook=args.codebook, depth=args.depth, refine=args.refine, device=args.device,
                           refine_device=args.refine_device, max_pixels=args.max_pixels)
+    except (ImageReadError, BitstreamError):  # bad data: ValueErrors too, but exit 1
+        raise
     except ValueError as e:  # the API's word for bad arguments
         raise UsageError(str(e)) from None
     encode_s = time.perf_counter() - t0

@@ -238,6 +238,22 @@ def test_tiled_synthesis_matches_the_whole_image_to_float_rounding():
     assert (whole - tiled).abs().max() * 255 < 0.1  # levels of 255; a margin of 1 latent gives 6
 
 
+def test_the_tiled_integer_prior_codes_exactly_what_the_whole_map_does(monkeypatch, sample_rgb):
+    """hp's entropy-model networks run in tiles with a halo of their reach: integer arithmetic, so
+    the same bytes and latents as one pass over the whole map (tiles of 4 and 8 latents, maps of
+    16 x 24 and z of 4 x 6: every network crosses tile edges)."""
+    from codec.models.hp import IntegerPrior
+    rgb = np.concatenate([sample_rgb, sample_rgb[:, :100]], 1)[:200]
+    coded = {}
+    for tile in (1024, 8, 4):
+        monkeypatch.setattr(IntegerPrior, "TILE", tile)
+        data = codec.encode(rgb, quality=60)
+        c = bitstream.read(data)
+        coded[tile] = data, api.model_of(c.header).decode_latents(c.packets, c.header)
+    for tile in (8, 4):
+        assert coded[tile][0] == coded[1024][0] and torch.equal(coded[tile][1], coded[1024][1])
+
+
 def _decoded_or_error(data: bytes):
     """The decoded image, or the BitstreamError decoding raised (any other exception propagates)."""
     return decoded_or_error(lambda: api.decode_rgb(data))

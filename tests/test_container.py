@@ -1,3 +1,4 @@
+import warnings
 import zlib
 
 import pytest
@@ -83,6 +84,19 @@ def test_lenient_read_skips_a_corrupt_packet_and_keeps_the_rest():
     lenient = bitstream.read(bytes(data), strict=False)
     assert lenient.packets[0].damaged
     assert lenient.packets[1].payload == c.packets[1].payload
+
+
+def test_trailing_bytes_are_an_error_or_under_lenient_reading_a_warning():
+    data = bitstream.write(sample_container()) + b"junk"
+    with pytest.raises(BitstreamError, match="4 unexpected bytes after the last packet"):
+        bitstream.read(data)
+    with pytest.warns(bitstream.container.ConcealedWarning, match="4 unexpected bytes after the last packet; ignored"):
+        assert len(bitstream.read(data, strict=False).packets) == len(sample_container().packets)
+    # A truncated last frame loses that packet, and is not reported as trailing bytes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cut = bitstream.read(data[:-10], strict=False)
+    assert len(cut.packets) == len(sample_container().packets) - 1
 
 
 def test_writer_refuses_sizes_the_format_cannot_hold():
