@@ -1,7 +1,9 @@
-"""Files decode on every machine: reference files written on a GPU (an H200), on an AVX-512 CPU and on that CPU
-held to SSE-era kernels (tests/data/portable/<writer>/, by tools/cross_device.py encode) decode here
-to the very symbols the GPU decoded from them (symbols.json, by tools/cross_device.py decode on the
-GPU). The symbols decide the bitstream's meaning; pixels may differ by the float synthesis."""
+"""Files decode on every machine: reference files written on a GPU (an H100), on an AVX-512 CPU and on that CPU
+held to SSE-era kernels (tests/data/portable/<writer>/, by tools/cross_device.py encode; the GPU's
+part by tools/portable_refs.sh) decode here to the very symbols the GPU decoded from them
+(symbols.json). The images: a sample, and a 552x296 mosaic of the samples whose vq index map spans
+prior tiles of four shapes. The symbols decide the bitstream's meaning; pixels may differ by the
+float synthesis."""
 import hashlib
 import json
 

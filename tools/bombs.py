@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (model, side coded, side claimed): a flat grey image at the family's lowest rate; a
 # claimed side larger than the coded one is a forged header (CRC made valid again).
 BOMBS = {
+    "hp-16-flat.bin": ("hp", 16, 16),  # the floor: a process that starts Python, torch and the models
     "hp-1024-forged.bin": ("hp", 16, 1024),
     "vq-1024-forged.bin": ("vq", 48, 1024),
     "vq-1024-flat.bin": ("vq", 1024, 1024),
