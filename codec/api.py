@@ -18,6 +18,7 @@ from PIL import Image
 import bitstream
 from bitstream import BitstreamError, Container, Header
 from codec import __version__, zoo
+from codec import roi as regions
 from codec.io import ImageReadError, load_image
 
 RELEASE = tuple(int(v) for v in __version__.split("."))  # recorded in every file written
@@ -67,7 +68,8 @@ def model_qualities(model: str) -> list[float]:
 
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
            codebook: int | None = None, depth: int | None = None, refine: int = 0, device: str = "cpu",
-           refine_device: str | None = None, max_pixels: int | None = None) -> bytes:
+           refine_device: str | None = None, max_pixels: int | None = None, roi=None,
+           roi_quality: float | None = None) -> bytes:
     """Compress an image to the bytes of a .bin file.
 
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
@@ -77,7 +79,11 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     loss at the quality's lambda; vq, depth-1 points: indices that decode closer to the image). Each
     step costs about two decodes; decoding is unchanged. `refine_device`: where that search runs
     (default: `device`); the file is still coded on `device`, so a GPU can search for a CPU's file.
-    `max_pixels`: larger images are refused (default MAX_PIXELS)."""
+    `max_pixels`: larger images are refused (default MAX_PIXELS).
+    `roi`: a region of interest, a mask (path, PIL image or array, any size; white = region), a list
+    of boxes (x, y, w, h) in pixels, or "auto" (a saliency estimate). hp codes it at `roi_quality`
+    (default codec.roi.DEFAULT_QUALITY) while `quality` (or the quality a bpp / size target finds)
+    holds for the rest; vq adds a residual stage inside it."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     model_id = zoo.DEFAULT_MODEL.get(model, model)
@@ -98,17 +104,24 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     bitstream.container.header_bytes(header)  # validates the size before any model work
     budget = budget_bytes(bpp, size, w, h)
     x = to_tensor(rgb, device, net.stride)
+    region = None
+    if roi is not None:
+        cell = net.cell
+        region = (regions.share_map(regions.region_mask(roi, rgb), (x.shape[2] // cell, x.shape[3] // cell), cell),
+                  None if roi_quality is None else _check_quality(roi_quality))
     features = net.prepare(x)  # the same at every rate: computed once for a rate search
 
     def at(q: float) -> bytes:
         header.quality, header.codebook, header.depth = net.operating_point(_check_quality(q), codebook, depth)
-        return bitstream.write(Container(header, net.compress(x, features, header, refine, searcher)))
+        packets = net.compress(x, features, header, refine, searcher, roi=region)
+        return bitstream.write(Container(header, packets))
 
     if budget is None:
         return at(quality)
     if net.continuous_quality:
         return search_quality(at, budget)
-    qualities = net.qualities()
+    # The points, in increasing rate; with a region, those that leave it a deeper stage (depth 1).
+    qualities = [q for q, (_, d) in zip(net.qualities(), net.points) if region is None or d == 1]
     return search_point(lambda i: at(qualities[i]), len(qualities), budget)
 
 

@@ -41,13 +41,16 @@ INTERESTING = (0x00, 0x01, 0x7F, 0x80, 0xFF)
 
 def make_seeds() -> dict[str, bytes]:
     """Valid files of both families at low, middle and high rates (vq: a clustered codebook, the
-    main one, and two residual stages)."""
+    main one, and two residual stages), and one of each with a region of interest."""
     import codec
     from codec.io import load_image
     rgb = load_image(SAMPLE)[100:148, 80:144]
     seeds = {f"hp-q{q}": codec.encode(rgb, model="hp", quality=q) for q in (0, 50, 100)}
     for k, d in ((16, 1), (8192, 1), (8192, 2)):
         seeds[f"vq-k{k}-d{d}"] = codec.encode(rgb, model="vq", codebook=k, depth=d)
+    box = [(8, 8, 30, 24)]  # a region of interest: an ROI packet first
+    seeds["hp-q30-roi"] = codec.encode(rgb, model="hp", quality=30, roi=box, roi_quality=70)
+    seeds["vq-k64-roi"] = codec.encode(rgb, model="vq", codebook=64, roi=box)
     return seeds
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import functools
 import warnings
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecation notice is not ours
@@ -31,6 +33,7 @@ with warnings.catch_warnings():  # CompressAI's import-time torch.jit deprecatio
 
 from bitstream import BitstreamError, Header, Packet, PacketKind
 from bitstream.container import expect_packets
+from codec import roi as regions
 from codec.entropy.tables import Tables, channel_indexes, scale_indexes
 from codec.models.integer import (FRAC, IntLayer, IntSequential, exp_fixed, interpolate_rows, ln_fixed, log_fixed,
                                   scale_thresholds, shift_round, tiled, to_fixed)
@@ -100,6 +103,7 @@ class ConditionedCheckerboard(nn.Module):
     the transforms are T = 3N/2 wide."""
 
     family, arch, stride = "hp", "checkerboard-cond2", 64
+    cell = 16  # pixels a side of one latent position
     continuous_quality = True  # any quality in 0..100 is a rate of its own
     # Tables with one row per trained level, interpolated between levels (level_rows).
     GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
@@ -188,16 +192,25 @@ class ConditionedCheckerboard(nn.Module):
     # --- rates ---
 
     def level_rows(self, table: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """table: (n_levels, C), level: (B,) floats in [0, n_levels-1] -> (B, C), interpolated
-        linearly between the two nearest trained levels."""
+        """table: (n_levels, C), level: (B,) floats in [0, n_levels-1] -> (B, C), or a level map
+        (B, 1, h, w) -> (B, C, h, w); interpolated linearly between the two nearest trained levels."""
         level = level.clamp(0, self.n_levels - 1)
         lo = level.floor().long().clamp(max=self.n_levels - 2)
-        t = (level - lo.to(level.dtype))[:, None]
-        return (1 - t) * table[lo] + t * table[lo + 1]
+        t = level - lo.to(level.dtype)
+        if level.dim() == 1:
+            return (1 - t[:, None]) * table[lo] + t[:, None] * table[lo + 1]
+        return ((1 - t) * table[lo[:, 0]].permute(0, 3, 1, 2)  # a map: rows gathered per position
+                + t * table[lo[:, 0] + 1].permute(0, 3, 1, 2))
 
     def gains(self, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """level (B,) -> the four gains (B, C, 1, 1); log-gains interpolate linearly, so the rate moves smoothly."""
-        return tuple(torch.exp(self.level_rows(getattr(self, name), level))[:, :, None, None]
+        """level (B,) -> the four gains (B, C, 1, 1); log-gains interpolate linearly, so the rate moves
+        smoothly. A level map (B, 1, h, w) over the latent (regions of interest) -> gains per position,
+        the hyper gains at the hyper-latent's resolution, from the map's mean over each 4 x 4 cell."""
+        if level.dim() == 1:
+            return tuple(torch.exp(self.level_rows(getattr(self, name), level))[:, :, None, None]
+                         for name in self.GAIN_TABLES)
+        hyper_level = F.avg_pool2d(level, 4)
+        return tuple(torch.exp(self.level_rows(getattr(self, name), hyper_level if "hyper" in name else level))
                      for name in self.GAIN_TABLES)
 
     def lambda_at(self, level: torch.Tensor) -> torch.Tensor:
@@ -208,8 +221,11 @@ class ConditionedCheckerboard(nn.Module):
         t = level - lo
         return torch.exp((1 - t) * log_l[lo] + t * log_l[lo + 1])
 
-    def level_of(self, quality: float) -> torch.Tensor:
-        """quality 0..100 -> the continuous level (1,) over the trained lambdas."""
+    def level_of(self, quality) -> torch.Tensor:
+        """quality 0..100 -> the continuous level (1,) over the trained lambdas; a map (h, w) of
+        qualities in hundredths over the latent (regions of interest) -> a level map (1, 1, h, w)."""
+        if isinstance(quality, np.ndarray):  # hundredths, as codec.roi.qualities gives them
+            return torch.from_numpy(quality.astype(np.float32) / 10000 * (self.n_levels - 1))[None, None]
         return torch.tensor([quality / 100 * (self.n_levels - 1)], dtype=torch.float32)
 
     def qualities(self) -> list[float]:
@@ -227,8 +243,15 @@ class ConditionedCheckerboard(nn.Module):
         scales = torch.exp(self.level_rows(getattr(self, f"{transform}_log_scale"), level))
         shifts = self.level_rows(getattr(self, f"{transform}_shift"), level)
         T = self.T
-        return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
-                             + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
+        if level.dim() == 1:
+            return lambda h, i: (h * scales[:, i * T:(i + 1) * T, None, None].to(h.dtype)
+                                 + shifts[:, i * T:(i + 1) * T, None, None].to(h.dtype))
+
+        def told_map(h, i):  # a level map: each latent's rows over the pixels it covers at h's resolution
+            size = h.shape[2:]
+            return (h * F.interpolate(scales[:, i * T:(i + 1) * T], size=size, mode="nearest").to(h.dtype)
+                    + F.interpolate(shifts[:, i * T:(i + 1) * T], size=size, mode="nearest").to(h.dtype))
+        return told_map
 
     # --- transforms ---
 
@@ -372,7 +395,8 @@ class ConditionedCheckerboard(nn.Module):
         for i in range(0, h, tile):
             for j in range(0, w, tile):
                 i0, j0 = max(i - m, 0), max(j - m, 0)
-                x = self.synthesis(y[..., i0:min(i + tile + m, h), j0:min(j + tile + m, w)], level)
+                crop = (..., slice(i0, min(i + tile + m, h)), slice(j0, min(j + tile + m, w)))
+                x = self.synthesis(y[crop], level if level.dim() == 1 else level[crop])
                 th, tw = min(tile, h - i), min(tile, w - j)
                 out[..., i * s:(i + th) * s, j * s:(j + tw) * s] = \
                     x[..., (i - i0) * s:(i - i0 + th) * s, (j - j0) * s:(j - j0 + tw) * s]
@@ -469,17 +493,36 @@ class ConditionedCheckerboard(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, features: torch.Tensor, header: Header, refine: int = 0,
-                 searcher: ConditionedCheckerboard | None = None) -> list[Packet]:
+                 searcher: ConditionedCheckerboard | None = None, roi: tuple[np.ndarray, float] | None = None
+                 ) -> list[Packet]:
         """x (1, 3, H, W) padded, features = prepare(x), at header.quality -> packets [z, y].
-        refine: steps of encoder-side search, run by `searcher` (this model on another device)."""
-        level = self.level_of(header.quality).to(x.device)
+        refine: steps of encoder-side search, run by `searcher` (this model on another device).
+        roi: (share of region per latent position (h, w) uint8, the region's quality or None for
+        codec.roi.DEFAULT_QUALITY): each latent is coded at its own quality between the header's and
+        the region's (packets [roi, z, y])."""
+        if roi is not None:
+            roi = (roi[0], regions.DEFAULT_QUALITY if roi[1] is None else roi[1])
+        qualities = None if roi is None else regions.qualities(roi[0], header.quality, roi[1])
+        level = self.level_of(header.quality if roi is None else qualities).to(x.device)
         y, z = self.analyse(x, level, features)
+        if refine and roi is not None:
+            raise ValueError("--refine does not work with a region of interest yet")
         if refine:
             net = searcher or self
             on = next(net.parameters()).device
             y, z = net.refine(x.to(on), y.to(on), z.to(on), level.to(on), refine, size=(header.height, header.width))
             y, z = y.to(x.device), z.to(x.device)
-        return self.code_latents(y, z, header.quality)[0]
+        if roi is None:
+            return self.code_latents(y, z, header.quality)[0]
+        packets = self.code_latents(y, z, torch.from_numpy(self.hyper_qualities(qualities)))[0]
+        return [regions.packet(roi[0], round(roi[1] * 100)), *packets]
+
+    @staticmethod
+    def hyper_qualities(qualities: np.ndarray) -> np.ndarray:
+        """Per-latent qualities (h, w) in hundredths -> per hyper-latent (h/4, w/4): each 4 x 4 cell's
+        mean, rounded, in integers."""
+        h, w = qualities.shape
+        return (qualities.reshape(h // 4, 4, w // 4, 4).sum((1, 3)) + 8) // 16
 
     @torch.no_grad()
     def code_latents(self, y: torch.Tensor, z: torch.Tensor, quality: float) -> tuple[list[Packet], torch.Tensor]:
@@ -509,22 +552,42 @@ class ConditionedCheckerboard(nn.Module):
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> x_hat (1, 3, H, W), padded to the stride."""
-        return self.reconstruct(self.decode_latents(packets, header, conceal), header)
+        return self.reconstruct(*self.decode(packets, header, conceal))
 
     @torch.no_grad()
-    def reconstruct(self, y_hat: torch.Tensor, header: Header) -> torch.Tensor:
-        """decode_latents' y_hat -> x_hat (1, 3, H, W), padded to the stride (the float synthesis)."""
-        return self.synthesise(y_hat, self.level_of(header.quality).to(y_hat.device))
+    def reconstruct(self, y_hat: torch.Tensor, header: Header, qualities: np.ndarray | None = None) -> torch.Tensor:
+        """decode_latents' y_hat -> x_hat (1, 3, H, W), padded to the stride (the float synthesis);
+        qualities: the per-latent qualities of a file with a region of interest."""
+        return self.synthesise(y_hat, self.level_of(header.quality if qualities is None else qualities).to(y_hat.device))
 
-    @torch.no_grad()
     def decode_latents(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> y_hat (1, M, H/16, W/16) of the padded image: the symbols plus their integer means,
-        exact in float32. conceal: a damaged or missing latent packet decodes as the prior's means, the
-        most likely latent given z; without z there is nothing to predict from, so a lost hyper packet
-        still fails."""
+        exact in float32 (see decode)."""
+        return self.decode(packets, header, conceal)[0]
+
+    def regions(self, packets: list[Packet], header: Header, conceal: bool
+                ) -> tuple[np.ndarray | None, list[Packet]]:
+        """A file's leading ROI packet, if any -> (per-latent qualities in hundredths or None, the
+        packets after it). A damaged one is fatal, also under conceal: the entropy model reads it."""
+        grid = (-(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4)
+        roi, packets = regions.read_packet(packets, grid, conceal,
+                                           needed="the entropy model needs its qualities, so the image cannot be decoded")
+        if roi is None:
+            return None, packets
+        if roi[1] > 10000:
+            raise BitstreamError(f"corrupt ROI packet: region quality {roi[1] / 100} is over 100")
+        return regions.qualities(roi[0], header.quality, roi[1] / 100), packets
+
+    @torch.no_grad()
+    def decode(self, packets: list[Packet], header: Header, conceal: bool = False
+               ) -> tuple[torch.Tensor, Header, np.ndarray | None]:
+        """packets -> (y_hat, header, per-latent qualities or None): reconstruct's arguments. conceal:
+        a damaged or missing latent packet decodes as the prior's means, the most likely latent given
+        z; without z there is nothing to predict from, so a lost hyper packet still fails."""
         if header.codebook or header.depth:
             raise BitstreamError(f"corrupt header: codebook {header.codebook} and depth {header.depth} "
                                  f"for model {header.model_id!r}, which has neither")
+        qualities, packets = self.regions(packets, header, conceal)
         hyper_packet, latent = expect_packets(packets, [(PacketKind.HYPER, 0, self.N), (PacketKind.LATENT, 0, self.M)],
                                               conceal)
         if hyper_packet is None:
@@ -539,6 +602,8 @@ class ConditionedCheckerboard(nn.Module):
         z_stream = Decoder(hyper_packet.payload)
         z_symbols = hyper_tables.decode(z_stream, channel_indexes(z_shape))
         z_stream.end()
+        if qualities is not None:
+            quality = torch.from_numpy(self.hyper_qualities(qualities))
         hyper = prior.hyper(torch.from_numpy(z_symbols).view(z_shape).to(device), quality)
         if hyper.shape[2:] != (h, w):
             raise BitstreamError("latent size does not match the image size in the header")
@@ -556,7 +621,7 @@ class ConditionedCheckerboard(nn.Module):
             y_hat = torch.where(m, (symbols << FRAC) + means, y_hat)
         if stream is not None:
             stream.end()
-        return y_hat.float() / (1 << FRAC)
+        return y_hat.float() / (1 << FRAC), header, qualities
 
 
 class IntegerPrior(nn.Module):
@@ -590,9 +655,15 @@ class IntegerPrior(nn.Module):
         self.log_bound = ln_fixed(float(gc.lower_bound_scale.bound))  # the smallest scale, 0.11
         self.to(net.z_medians().device)
 
-    def hyper(self, z_symbols: torch.Tensor, quality: float) -> torch.Tensor:
-        """z's symbols (1, N, h/4, w/4) at a quality -> the hyper features (1, 2M, h, w)."""
-        gain = exp_fixed(interpolate_rows(self.log_hyper_inv_gain, quality)).view(1, -1, 1, 1)  # Q16
+    def hyper(self, z_symbols: torch.Tensor, quality) -> torch.Tensor:
+        """z's symbols (1, N, h/4, w/4) at a quality -> the hyper features (1, 2M, h, w). quality: 0..100,
+        or a map (h/4, w/4) of qualities in hundredths (int64; regions of interest)."""
+        if isinstance(quality, torch.Tensor):  # a gain row per quality that occurs, gathered per position
+            values, where = torch.unique(quality, return_inverse=True)
+            rows = torch.stack([exp_fixed(interpolate_rows(self.log_hyper_inv_gain, v / 100)) for v in values.tolist()])
+            gain = rows.to(z_symbols.device)[where.to(z_symbols.device)].permute(2, 0, 1)[None]  # Q16
+        else:
+            gain = exp_fixed(interpolate_rows(self.log_hyper_inv_gain, quality)).view(1, -1, 1, 1)  # Q16
         z_hat = (z_symbols.long() << FRAC) + self.z_medians
         # Two transposed convolutions (x4) and a 3x3: a latent depends on z within 2 positions.
         return tiled(self.hyper_synthesis, [shift_round(z_hat * gain, 16)], self.TILE // 4, 2, scale=4)

@@ -17,6 +17,7 @@ from torch import nn
 
 from bitstream import BitstreamError, Header, Packet, PacketKind
 from bitstream.container import expect_packets
+from codec import roi as regions
 from codec.entropy.tables import static_table
 from codec.models.index_prior import IndexPrior
 from codec.quantizers.vq import VectorQuantizer
@@ -65,8 +66,10 @@ class VQAutoencoder(nn.Module):
         return self.quantizer.indices(self.g_a(x), depth, codes)
 
     @torch.no_grad()
-    def synthesise(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None) -> torch.Tensor:
-        return self.g_s(self.quantizer.lookup(maps, codes)).clamp(0, 1)
+    def synthesise(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None,
+                   region: torch.Tensor | None = None) -> torch.Tensor:
+        """Index maps -> x_hat; region (B, H/16, W/16) bool: the last stage counts only there."""
+        return self.g_s(self.quantizer.lookup(maps, codes, region)).clamp(0, 1)
 
     def refine(self, x: torch.Tensor, z: torch.Tensor, codes: torch.Tensor, steps: int, lr: float = 0.005,
                msssim_weight: float = 1.0, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -128,6 +131,7 @@ class VQCodec(nn.Module):
     the main codebook with each further residual stage. Quality 0..100 picks one, evenly spaced."""
 
     family, arch, stride = "vq", "vq-f16", 16
+    cell = 16  # pixels a side of one index position
     continuous_quality = False  # a quality selects the nearest of the operating points
 
     def __init__(self, config: dict):
@@ -198,11 +202,20 @@ class VQCodec(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, features: torch.Tensor, header: Header, refine: int = 0,
-                 searcher: VQCodec | None = None) -> list[Packet]:
+                 searcher: VQCodec | None = None, roi: tuple[np.ndarray, float | None] | None = None
+                 ) -> list[Packet]:
         """x (1, 3, H, W) padded, features = prepare(x), at (header.codebook, header.depth) -> one
         INDICES packet per quantizer stage: stage 1 coded with the index prior, marginalised onto the
         codebook in use; residual stages with one static table each (their training-set frequencies).
-        refine: steps of encoder-side search (depth-1 points), run by `searcher` (this model elsewhere)."""
+        refine: steps of encoder-side search (depth-1 points), run by `searcher` (this model elsewhere).
+        roi: (share of region per index position (h, w) uint8, None): the positions at least half in
+        the region get one more residual stage, in a last INDICES packet of those positions alone
+        (row-major), after an ROI packet first."""
+        if roi is not None and roi[1] is not None:
+            raise ValueError("vq codes a region with one more residual stage; a region quality is for hp")
+        if roi is not None and header.depth >= self.autoencoder.quantizer.max_depth:
+            raise ValueError(f"a region needs a residual stage beyond depth {header.depth}, and this model has "
+                             f"{self.autoencoder.quantizer.max_depth}: pick a lower quality or depth")
         codes, mapping = self.codebook(header.codebook)
         z = features
         if refine and header.depth == 1:
@@ -210,7 +223,10 @@ class VQCodec(nn.Module):
             on = next(net.parameters()).device
             z = net.autoencoder.refine(x.to(on), features.to(on), net.codebook(header.codebook)[0], refine,
                                        size=(header.height, header.width)).to(x.device)
-        maps = [m[0] for m in self.autoencoder.quantizer.indices(z, header.depth, codes)]
+        depth = header.depth + (roi is not None)
+        maps = [m[0] for m in self.autoencoder.quantizer.indices(z, depth, codes)]
+        if roi is not None:
+            maps[-1] = maps[-1][torch.from_numpy(roi[0] >= regions.INSIDE).to(maps[-1].device)]
         packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(), self.prior.compress(maps[0], self.prior_codes(header.codebook), mapping))]
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
         for stage, m in enumerate(maps[1:], start=1):
@@ -218,21 +234,29 @@ class VQCodec(nn.Module):
             enc = Encoder()
             static_table(self.residual_counts(stage)).encode(enc, symbols, np.zeros_like(symbols))
             packets.append(Packet(PacketKind.INDICES, stage, m.numel(), enc.finish()))
-        return packets
+        return packets if roi is None else [regions.packet(roi[0], depth), *packets]
 
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> x_hat (1, 3, H, W), padded to the stride. Every stage's packet is needed."""
-        return self.reconstruct(self.decode_latents(packets, header, conceal), header)
+        return self.reconstruct(*self.decode(packets, header, conceal))
 
     @torch.no_grad()
-    def reconstruct(self, maps: torch.Tensor, header: Header) -> torch.Tensor:
-        """decode_latents' index maps -> x_hat (1, 3, H, W), padded to the stride (the float synthesis)."""
-        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0])
+    def reconstruct(self, maps: torch.Tensor, header: Header, region: torch.Tensor | None = None) -> torch.Tensor:
+        """decode_latents' index maps -> x_hat (1, 3, H, W), padded to the stride (the float synthesis);
+        region: where a region of interest's last stage counts."""
+        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0],
+                                           None if region is None else region[None])
 
-    @torch.no_grad()
     def decode_latents(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
-        """packets -> the index maps (depth, H/16, W/16) of the padded image, stage 1 first."""
+        """packets -> the index maps (stages, H/16, W/16) of the padded image, stage 1 first (see decode)."""
+        return self.decode(packets, header, conceal)[0]
+
+    @torch.no_grad()
+    def decode(self, packets: list[Packet], header: Header, conceal: bool = False
+               ) -> tuple[torch.Tensor, Header, torch.Tensor | None]:
+        """packets -> (index maps, header, region or None): reconstruct's arguments. A region's extra
+        stage is a map with zeros outside the region."""
         if (header.codebook, header.depth) not in self.points:
             raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
                                  f"which model {header.model_id!r} does not have")
@@ -243,7 +267,14 @@ class VQCodec(nn.Module):
         from bitstream.coder import Decoder
         h, w = -(-header.height // self.stride), -(-header.width // self.stride)
         codes, mapping = self.codebook(header.codebook)
+        roi, packets = regions.read_packet(packets, (h, w), conceal)
+        region = None
         layout = [(PacketKind.INDICES, stage, h * w) for stage in range(header.depth)]
+        if roi is not None:
+            if roi[1] != header.depth + 1 or roi[1] > self.autoencoder.quantizer.max_depth:
+                raise BitstreamError(f"corrupt ROI packet: a region of depth {roi[1]} over depth {header.depth}")
+            region = torch.from_numpy(roi[0] >= regions.INSIDE).to(codes.device)
+            layout.append((PacketKind.INDICES, header.depth, int(region.sum())))
         maps = []
         for stage, p in enumerate(expect_packets(packets, layout, conceal)):
             if p is None:
@@ -254,7 +285,10 @@ class VQCodec(nn.Module):
                 continue
             table = static_table(self.residual_counts(stage))
             stream = Decoder(p.payload)
-            symbols = table.decode(stream, np.zeros(h * w, np.int32))
+            symbols = torch.from_numpy(table.decode(stream, np.zeros(p.count, np.int32))).long().to(codes.device)
             stream.end()
-            maps.append(torch.from_numpy(symbols).long().view(h, w).to(codes.device))
-        return torch.stack(maps)
+            if stage == header.depth:  # the region's stage: its positions alone
+                maps.append(torch.zeros((h, w), dtype=torch.long, device=codes.device).masked_scatter_(region, symbols))
+            else:
+                maps.append(symbols.view(h, w))
+        return torch.stack(maps), header, region

@@ -111,9 +111,14 @@ class VectorQuantizer(nn.Module):
         """The code vectors of a stage; `codes` replaces the main codebook's when given."""
         return codes if (stage == 0 and codes is not None) else self.stages[stage].vectors()
 
-    def lookup(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None) -> torch.Tensor:
-        """Index maps (stage 1 first) -> (B, dim, H, W), what the decoder is given."""
-        q = sum(self._table(i, codes)[idx] for i, idx in enumerate(maps))
+    def lookup(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None,
+               region: torch.Tensor | None = None) -> torch.Tensor:
+        """Index maps (stage 1 first) -> (B, dim, H, W), what the decoder is given. region (B, H, W)
+        bool: the last stage counts only there (a region of interest's extra stage)."""
+        vectors = [self._table(i, codes)[idx] for i, idx in enumerate(maps)]
+        if region is not None:
+            vectors[-1] = vectors[-1] * region[..., None]
+        q = sum(vectors)
         return self.project_out(q.permute(0, 3, 1, 2))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

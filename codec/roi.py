@@ -1,0 +1,154 @@
+"""Regions of interest: where the user wants more bits, as a quality map over the latent grid.
+
+A region comes as a mask image (white = region, any size, resized to the image), boxes (x, y, w, h in
+pixels) or "auto" (a cheap saliency estimate: edges, local contrast and skin tones, no learned
+model). It becomes a share of region per latent position (`cell` pixels a side), blended over a cell
+or two at the edge so the picture has no seam, and from it a quality per position between the
+background's (the header's quality) and the region's. The ROI packet holds the region's quality and
+the zlib-coded shares (a byte a position); qualities are computed from them in integers, alike in
+encoder and decoder.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import warnings
+
+from bitstream import BitstreamError, Packet, PacketKind
+from bitstream.container import ConcealedWarning, expect_packets
+
+AUTO_SHARE = 0.15     # "auto": the most salient share of the image becomes the region
+DEFAULT_QUALITY = 80  # hp: the region's quality unless the caller gives one
+INSIDE = 128          # vq: a position whose share of region is at least this gets the extra stage
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'x,y,w,h' (pixels) -> a box; ValueError otherwise."""
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"a box is x,y,w,h in pixels, got {text!r}") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise ValueError(f"a box needs x, y >= 0 and w, h > 0, got {text!r}")
+    return x, y, w, h
+
+
+def region_mask(roi, rgb: np.ndarray) -> np.ndarray:
+    """The user's region -> (H, W) float mask in [0, 1]. roi: a mask (path, PIL image or array of any
+    size, white / nonzero = region), a list of boxes (x, y, w, h) or "auto"."""
+    h, w = rgb.shape[:2]
+    if isinstance(roi, str) and roi == "auto":
+        return saliency_mask(rgb)
+    if isinstance(roi, (list, tuple)) and roi and all(isinstance(b, (list, tuple)) for b in roi):
+        mask = np.zeros((h, w), np.float32)
+        for x, y, bw, bh in roi:
+            if x >= w or y >= h:
+                raise ValueError(f"box {x},{y},{bw},{bh} lies outside the {w}x{h} image")
+            mask[y:y + bh, x:x + bw] = 1
+        return mask
+    if isinstance(roi, (str, Path)):
+        try:
+            roi = Image.open(roi)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the ROI mask {roi}: {e}") from None
+    if isinstance(roi, Image.Image):
+        roi = np.asarray(roi.convert("L").resize((w, h), Image.BILINEAR), np.float32) / 255
+    mask = np.asarray(roi, np.float32)
+    if mask.ndim == 3:
+        mask = mask.mean(2)
+    if mask.ndim != 2:
+        raise ValueError(f"an ROI mask is a 2-D image, got shape {mask.shape}")
+    if mask.shape != (h, w):
+        mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.BILINEAR))
+    return np.clip(mask / max(float(mask.max()), 1e-9), 0, 1)
+
+
+def saliency_mask(rgb: np.ndarray) -> np.ndarray:
+    """A cheap saliency estimate (H, W) in {0, 1}: gradient energy, local contrast and skin tones,
+    at an eighth of the resolution, the top AUTO_SHARE of the image kept."""
+    small = np.asarray(Image.fromarray(rgb).reduce(8), np.float32) / 255
+    grey = small @ np.array([0.299, 0.587, 0.114], np.float32)
+    gy, gx = np.gradient(grey)
+    edges = np.hypot(gx, gy)
+    contrast = np.abs(grey - _box_blur(grey, 3))
+    r, g, b = small[..., 0], small[..., 1], small[..., 2]
+    cb = 0.5 - 0.169 * r - 0.331 * g + 0.5 * b
+    cr = 0.5 + 0.5 * r - 0.419 * g - 0.081 * b
+    skin = ((cb > 0.30) & (cb < 0.50) & (cr > 0.52) & (cr < 0.68)).astype(np.float32)
+    score = _box_blur(edges / (edges.max() + 1e-6) + contrast / (contrast.max() + 1e-6) + skin, 2)
+    keep = (score >= np.quantile(score, 1 - AUTO_SHARE)).astype(np.uint8) * 255
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(keep).resize((w, h), Image.NEAREST), np.float32) / 255
+
+
+def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window, edges replicated."""
+    p = np.pad(x, r, mode="edge")
+    c = np.cumsum(np.cumsum(np.pad(p, ((1, 0), (1, 0))), 0), 1)
+    k = 2 * r + 1
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def share_map(mask: np.ndarray, grid: tuple[int, int], cell: int) -> np.ndarray:
+    """(H, W) mask, a latent grid (h, w) of `cell`-pixel cells over the padded image -> (h, w) uint8
+    share of region, 0..255: each cell's mean of the mask, widened by one cell and blended (the
+    region's own cells stay whole), so the quality moves over a cell or two at the region's edge."""
+    h, w = grid
+    padded = np.zeros((h * cell, w * cell), np.float32)
+    padded[:mask.shape[0], :mask.shape[1]] = mask[:h * cell, :w * cell]
+    share = padded.reshape(h, cell, w, cell).mean((1, 3))
+    share = np.maximum(share, _box_blur(share, 1))
+    return np.rint(share * 255).astype(np.uint8)
+
+
+def qualities(share: np.ndarray, background: float, region: float) -> np.ndarray:
+    """Share map and the two qualities -> (h, w) int64 qualities in hundredths, in integers (the
+    decoder computes the same): background + share / 255 of the way to the region's."""
+    bg, rq = round(background * 100), round(region * 100)
+    return bg + (share.astype(np.int64) * (rq - bg) + 127) // 255
+
+
+def packet(share: np.ndarray, region: int) -> Packet:
+    """The ROI packet: `region` (2 bytes, little-endian: hp, the region's quality in hundredths; vq,
+    the region's depth), then zlib of the share map, one byte a position, row-major."""
+    payload = region.to_bytes(2, "little") + zlib.compress(np.ascontiguousarray(share, np.uint8).tobytes(), 9)
+    return Packet(PacketKind.ROI, 0, share.size, payload)
+
+
+def read_packet(packets: list[Packet], grid: tuple[int, int], conceal: bool, needed: str | None = None
+                ) -> tuple[tuple[np.ndarray, int] | None, list[Packet]]:
+    """A file's leading ROI packet, if any -> ((share map, region value) or None, the packets after
+    it). Under conceal a damaged one gives None, reported, unless `needed` says why the rest cannot
+    be decoded without it (then it fails as without conceal)."""
+    if not packets or packets[0].kind != PacketKind.ROI:
+        return None, packets
+    try:
+        (roi,) = expect_packets(packets[:1], [(PacketKind.ROI, 0, grid[0] * grid[1])], conceal and not needed)
+        if roi is None:
+            raise BitstreamError("the ROI packet is missing or corrupt")
+        return unpack(roi.payload, grid), packets[1:]
+    except BitstreamError as e:
+        if not conceal or needed:
+            raise BitstreamError(f"{e}{': ' + needed if needed else ''}") from None
+        warnings.warn(ConcealedWarning(f"{e}; decoded as if it had no region"), stacklevel=2)
+        return None, packets[1:]
+
+
+def unpack(payload: bytes, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """The ROI packet's payload, checked -> (share map (h, w) uint8, the region value)."""
+    h, w = grid
+    region = int.from_bytes(payload[:2], "little")
+    if len(payload) < 3:
+        raise BitstreamError("corrupt ROI packet: too short")
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(payload[2:], h * w + 1)
+    except zlib.error:
+        raise BitstreamError("corrupt ROI packet: not a zlib stream") from None
+    if len(raw) != h * w or not d.eof or d.unused_data:
+        raise BitstreamError(f"corrupt ROI packet: it does not hold exactly {h}x{w} positions")
+    return np.frombuffer(raw, np.uint8).reshape(h, w), region
