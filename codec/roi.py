@@ -5,7 +5,7 @@ pixels) or "auto" (a cheap saliency estimate: edges, local contrast and skin ton
 model). It becomes a share of region per latent position (`cell` pixels a side), blended over a cell
 or two at the edge so the picture has no seam, and from it a quality per position between the
 background's (the header's quality) and the region's. The ROI packet holds the region's quality and
-the zlib-coded shares (a byte a position); qualities are computed from them in integers, alike in
+the deflated shares (a byte a position); qualities are computed from them in integers, alike in
 encoder and decoder.
 """
 from __future__ import annotations
@@ -68,21 +68,26 @@ def region_mask(roi, rgb: np.ndarray) -> np.ndarray:
 
 
 def saliency_mask(rgb: np.ndarray) -> np.ndarray:
-    """A cheap saliency estimate (H, W) in {0, 1}: gradient energy, local contrast and skin tones,
-    at an eighth of the resolution, the top AUTO_SHARE of the image kept."""
+    """A cheap saliency estimate (H, W) in {0, 1}, at an eighth of the resolution: skin tones first
+    (Chai and Ngan's Cb/Cr box, red above green above blue, not black), then edge energy and local
+    contrast (each by its rank, so neither's scale decides); the top AUTO_SHARE of the image kept."""
     small = np.asarray(Image.fromarray(rgb).reduce(8), np.float32) / 255
-    grey = small @ np.array([0.299, 0.587, 0.114], np.float32)
-    gy, gx = np.gradient(grey)
-    edges = np.hypot(gx, gy)
-    contrast = np.abs(grey - _box_blur(grey, 3))
     r, g, b = small[..., 0], small[..., 1], small[..., 2]
+    grey = 0.299 * r + 0.587 * g + 0.114 * b
+    gy, gx = np.gradient(grey)
     cb = 0.5 - 0.169 * r - 0.331 * g + 0.5 * b
     cr = 0.5 + 0.5 * r - 0.419 * g - 0.081 * b
-    skin = ((cb > 0.30) & (cb < 0.50) & (cr > 0.52) & (cr < 0.68)).astype(np.float32)
-    score = _box_blur(edges / (edges.max() + 1e-6) + contrast / (contrast.max() + 1e-6) + skin, 2)
+    skin = (cb > 0.30) & (cb < 0.50) & (cr > 0.52) & (cr < 0.68) & (r > g) & (g > b) & (r - g < 0.3) & (grey > 0.08)
+    score = _rank(np.hypot(gx, gy)) + _rank(np.abs(grey - _box_blur(grey, 3))) + 2 * _box_blur(skin.astype(np.float32), 1)
+    score = _box_blur(score, 2)
     keep = (score >= np.quantile(score, 1 - AUTO_SHARE)).astype(np.uint8) * 255
     h, w = rgb.shape[:2]
     return np.asarray(Image.fromarray(keep).resize((w, h), Image.NEAREST), np.float32) / 255
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Each value's rank among all, scaled to 0..1."""
+    return np.argsort(np.argsort(x, axis=None)).reshape(x.shape) / max(x.size - 1, 1)
 
 
 def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
@@ -114,8 +119,10 @@ def qualities(share: np.ndarray, background: float, region: float) -> np.ndarray
 
 def packet(share: np.ndarray, region: int) -> Packet:
     """The ROI packet: `region` (2 bytes, little-endian: hp, the region's quality in hundredths; vq,
-    the region's depth), then zlib of the share map, one byte a position, row-major."""
-    payload = region.to_bytes(2, "little") + zlib.compress(np.ascontiguousarray(share, np.uint8).tobytes(), 9)
+    the region's codebook size), then the share map deflated (raw, RFC 1951), a byte a position,
+    row-major."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the packet's CRC guards it already
+    payload = region.to_bytes(2, "little") + deflate.compress(np.ascontiguousarray(share, np.uint8).tobytes()) + deflate.flush()
     return Packet(PacketKind.ROI, 0, share.size, payload)
 
 
@@ -145,10 +152,10 @@ def unpack(payload: bytes, grid: tuple[int, int]) -> tuple[np.ndarray, int]:
     if len(payload) < 3:
         raise BitstreamError("corrupt ROI packet: too short")
     try:
-        d = zlib.decompressobj()
+        d = zlib.decompressobj(-15)
         raw = d.decompress(payload[2:], h * w + 1)
     except zlib.error:
-        raise BitstreamError("corrupt ROI packet: not a zlib stream") from None
+        raise BitstreamError("corrupt ROI packet: not a deflate stream") from None
     if len(raw) != h * w or not d.eof or d.unused_data:
         raise BitstreamError(f"corrupt ROI packet: it does not hold exactly {h}x{w} positions")
     return np.frombuffer(raw, np.uint8).reshape(h, w), region

@@ -78,6 +78,22 @@ def test_index_maps_code_losslessly_with_an_untrained_prior_for_the_main_and_a_c
     assert len(data) * 8 / indices.numel() < math.log2(8) + 1
 
 
+def test_a_region_codes_its_indices_in_a_second_larger_codebook(monkeypatch):
+    monkeypatch.setattr(index_prior, "TILE_BATCH", 1)  # the region in some batches and not in others
+    torch.manual_seed(7)
+    prior = IndexPrior(64, code_dim=4, dim=32, depth=1, heads=2).eval()
+    big, identity = _codebook(64)
+    small, mapping = _codebook(8)[0], torch.arange(64) % 8
+    where = torch.zeros(20, 18, dtype=torch.bool)
+    where[3:12, 5:17] = True
+    indices = torch.where(where, torch.randint(64, (20, 18)), torch.randint(8, (20, 18)))
+    data = prior.compress(indices, small, mapping, (big, identity, where))
+    assert torch.equal(prior.decompress(data, 20, 18, small, mapping, (big, identity, where)), indices)
+    # Nothing learned: about log2 64 bits an index inside, log2 8 outside.
+    inside, outside = int(where.sum()), int((~where).sum())
+    assert inside * 5.5 + outside * 2.5 < len(data) * 8 < inside * 7 + outside * 4
+
+
 def test_marginal_loss_on_a_clustered_codebook_is_the_cross_entropy_of_summed_probabilities():
     torch.manual_seed(3)
     prior = IndexPrior(16, code_dim=4, dim=16, depth=1, heads=2)

@@ -139,44 +139,60 @@ class IndexPrior(nn.Module):
         return cache[device]
 
     @torch.no_grad()
-    def compress(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor) -> bytes:
-        """indices (h, w) into `codes` -> bytes: one range-coder stream; per batch of tiles, one
-        batch of CDF rows per group. The rows come from the integer path (`integer()`), identical
-        on every machine."""
+    def compress(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor,
+                 region: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> bytes:
+        """indices (h, w) into `codes` -> bytes: one range-coder stream; per batch of tiles and group,
+        the CDF rows of its positions (those of a region after the rest). The rows come from the
+        integer path (`integer()`), identical on every machine. region: (codes, mapping, where (h, w)
+        bool) of a second, larger codebook that the indices at `where` are into."""
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
-        net = self.integer(codes.device)
-        tokens = net.tokens(codes)
-        indices = indices[None].to(tokens.device)
         enc = Encoder()
-        for batch in tile_batches(*indices.shape[1:]):
-            maps = gather_tiles(indices, batch)
-            known = torch.zeros_like(maps, dtype=torch.bool)
-            for group in self.groups(*maps.shape[1:], device=maps.device):
-                freq = net.rows(maps, known, codes, mapping, group[None], tokens=tokens)
-                enc.encode_rows(maps[:, group].flatten().cpu().numpy(), net.cdf(freq))
-                known[:, group] = True
+        for maps, rows in self._coding_steps(indices[None].to(codes.device), codes, mapping, region):
+            for chosen, cdf in rows:
+                enc.encode_rows(maps[chosen].cpu().numpy(), cdf)
         return enc.finish()
 
     @torch.no_grad()
-    def decompress(self, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    def decompress(self, data: bytes, h: int, w: int, codes: torch.Tensor, mapping: torch.Tensor,
+                   region: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """bytes -> indices (h, w), running the integer network once per batch of tiles and group
         as compress did."""
         from bitstream.coder import Decoder
-        device = codes.device
-        net = self.integer(device)
-        tokens = net.tokens(codes)
-        indices = torch.zeros((1, h, w), dtype=torch.long, device=device)
+        indices = torch.zeros((1, h, w), dtype=torch.long, device=codes.device)
         dec = Decoder(data)
-        for batch in tile_batches(h, w):
-            maps = gather_tiles(indices, batch)
-            known = torch.zeros_like(maps, dtype=torch.bool)
-            for group in self.groups(*maps.shape[1:], device=device):
-                rows = net.cdf(net.rows(maps, known, codes, mapping, group[None], tokens=tokens))
-                maps[:, group] = torch.from_numpy(dec.decode_rows(rows)).long().to(device).view(len(maps), -1)
-                known[:, group] = True
-            scatter_tiles(indices, batch, maps)
+        for maps, rows in self._coding_steps(indices, codes, mapping, region):
+            for chosen, cdf in rows:
+                maps[chosen] = torch.from_numpy(dec.decode_rows(cdf)).long().to(maps.device)
         dec.end()  # no byte left over, none missing
         return indices[0]
+
+    def _coding_steps(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor, region):
+        """The coding order shared by compress and decompress. Yields, per batch of tiles and group,
+        (the batch's maps, [(positions chosen (bool like maps), their CDF rows), ...]) for the caller to
+        code or fill in; the maps go back into `indices` (1, h, w) once the batch's groups are done."""
+        net = self.integer(codes.device)
+        tokens = net.tokens(codes)
+        second = None if region is None else (net.tokens(region[0]), region[1], region[0].shape[0])
+        where = None if region is None else region[2][None].to(codes.device)
+        for batch in tile_batches(*indices.shape[1:]):
+            maps = gather_tiles(indices, batch)
+            inside = None if where is None else gather_tiles(where, batch)
+            known = torch.zeros_like(maps, dtype=torch.bool)
+            for group in self.groups(*maps.shape[1:], device=maps.device):
+                select = group[None].expand_as(maps)
+                features = net.features(maps, known, tokens, group[None],
+                                        region=None if second is None else (second[0], inside))
+                books = [(select if inside is None else select & ~inside, mapping, len(codes))]
+                if second is not None:
+                    books.append((select & inside, second[1], second[2]))
+                rows = []
+                for chosen, book_mapping, k in books:  # the rows of each codebook's positions, in order
+                    picked = chosen[select]
+                    if picked.any():
+                        rows.append((chosen, net.cdf(net.frequencies(features[picked], book_mapping, k))))
+                yield maps, rows
+                known |= select
+            scatter_tiles(indices, batch, maps)
 
 
 def tile_batches(h: int, w: int) -> list[list[tuple[int, int, int, int]]]:

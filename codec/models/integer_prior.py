@@ -288,14 +288,24 @@ class IntegerPrior(nn.Module):
         per codebook and pass to `frequencies`)."""
         return self.token(unit_codes(codes.to(self.mask.device)))
 
+    def embed(self, indices: torch.Tensor, known: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """indices, known (B, h, w) into the codebook whose `tokens` these are -> (B, h, w, dim): each
+        known index's token, the mask elsewhere, plus the embedding of the codebook's size."""
+        k = tokens.shape[0]
+        return torch.where(known[..., None], tokens[indices.clamp(max=k - 1)], self.mask) + self.level[k.bit_length() - 1]
+
     def features(self, indices: torch.Tensor, known: torch.Tensor, tokens: torch.Tensor,
-                 select: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+                 select: torch.Tensor, order: torch.Tensor | None = None,
+                 region: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """indices, known, select (B, h, w) -> (N, head_rank) int64: the input of the output layer
         at the selected positions, in the order of x[select]. `order` (h*w,): a permutation of the
-        positions in which the transformer sees the sequence (any gives the same integers)."""
+        positions in which the transformer sees the sequence (any gives the same integers).
+        region: (tokens of a second codebook, where (B, h, w) bool): the positions whose indices are
+        into that codebook (a region of interest coded with a larger one)."""
         b, h, w = indices.shape
-        k = tokens.shape[0]
-        x = torch.where(known[..., None], tokens[indices], self.mask) + self.level[k.bit_length() - 1]
+        x = self.embed(indices, known, tokens)
+        if region is not None:
+            x = torch.where(region[1][..., None], self.embed(indices, known, region[0]), x)
         x = (x + self.position(x)).view(b, h * w, -1)
         sel = select.expand(b, h, w).reshape(b, h * w)
         inverse = None

@@ -67,8 +67,8 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def synthesise(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None,
-                   region: torch.Tensor | None = None) -> torch.Tensor:
-        """Index maps -> x_hat; region (B, H/16, W/16) bool: the last stage counts only there."""
+                   region: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Index maps -> x_hat; region: (codebook, where (B, H/16, W/16)) of a region of interest."""
         return self.g_s(self.quantizer.lookup(maps, codes, region)).clamp(0, 1)
 
     def refine(self, x: torch.Tensor, z: torch.Tensor, codes: torch.Tensor, steps: int, lr: float = 0.005,
@@ -208,14 +208,9 @@ class VQCodec(nn.Module):
         INDICES packet per quantizer stage: stage 1 coded with the index prior, marginalised onto the
         codebook in use; residual stages with one static table each (their training-set frequencies).
         refine: steps of encoder-side search (depth-1 points), run by `searcher` (this model elsewhere).
-        roi: (share of region per index position (h, w) uint8, None): the positions at least half in
-        the region get one more residual stage, in a last INDICES packet of those positions alone
-        (row-major), after an ROI packet first."""
-        if roi is not None and roi[1] is not None:
-            raise ValueError("vq codes a region with one more residual stage; a region quality is for hp")
-        if roi is not None and header.depth >= self.autoencoder.quantizer.max_depth:
-            raise ValueError(f"a region needs a residual stage beyond depth {header.depth}, and this model has "
-                             f"{self.autoencoder.quantizer.max_depth}: pick a lower quality or depth")
+        roi: (share of region per index position (h, w) uint8, the region's quality or None for the
+        main codebook): the positions at least half in the region take their stage-1 index from the
+        larger codebook of that quality's point (an ROI packet first records its size)."""
         codes, mapping = self.codebook(header.codebook)
         z = features
         if refine and header.depth == 1:
@@ -223,18 +218,36 @@ class VQCodec(nn.Module):
             on = next(net.parameters()).device
             z = net.autoencoder.refine(x.to(on), features.to(on), net.codebook(header.codebook)[0], refine,
                                        size=(header.height, header.width)).to(x.device)
-        depth = header.depth + (roi is not None)
-        maps = [m[0] for m in self.autoencoder.quantizer.indices(z, depth, codes)]
+        maps = [m[0] for m in self.autoencoder.quantizer.indices(z, header.depth, codes)]
+        region = None
         if roi is not None:
-            maps[-1] = maps[-1][torch.from_numpy(roi[0] >= regions.INSIDE).to(maps[-1].device)]
-        packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(), self.prior.compress(maps[0], self.prior_codes(header.codebook), mapping))]
+            k = self.region_codebook(header, roi[1])
+            inside = torch.from_numpy(roi[0] >= regions.INSIDE).to(maps[0].device)
+            region = (self.prior_codes(k), self.codebook(k)[1], inside)
+            maps[0] = torch.where(inside, self.autoencoder.quantizer.indices(z, 1, self.codebook(k)[0])[0][0], maps[0])
+        packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(),
+                          self.prior.compress(maps[0], self.prior_codes(header.codebook), mapping, region))]
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
         for stage, m in enumerate(maps[1:], start=1):
             symbols = m.flatten().cpu().numpy()
             enc = Encoder()
             static_table(self.residual_counts(stage)).encode(enc, symbols, np.zeros_like(symbols))
             packets.append(Packet(PacketKind.INDICES, stage, m.numel(), enc.finish()))
-        return packets if roi is None else [regions.packet(roi[0], depth), *packets]
+        if roi is None:
+            return packets
+        # Only inside / outside matters here: a two-valued map zlib-codes in a fraction of the bytes.
+        return [regions.packet(np.where(roi[0] >= regions.INSIDE, 255, 0).astype(np.uint8), k), *packets]
+
+    def region_codebook(self, header: Header, quality: float | None) -> int:
+        """The codebook a region of interest is coded with: that of the depth-1 point nearest
+        `quality` (None: the main codebook), larger than the background's."""
+        sizes = [k for k, d in self.points if d == 1]
+        k = sizes[-1] if quality is None else sizes[round(quality / 100 * (len(sizes) - 1))]
+        if header.depth != 1 or k <= header.codebook:
+            raise ValueError(f"a region needs a larger codebook than the background's ({header.codebook} at depth "
+                             f"{header.depth}; the region's would be {k}): pick a lower quality or a higher "
+                             "region quality")
+        return k
 
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
@@ -242,21 +255,22 @@ class VQCodec(nn.Module):
         return self.reconstruct(*self.decode(packets, header, conceal))
 
     @torch.no_grad()
-    def reconstruct(self, maps: torch.Tensor, header: Header, region: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(self, maps: torch.Tensor, header: Header, region: tuple[int, torch.Tensor] | None = None
+                    ) -> torch.Tensor:
         """decode_latents' index maps -> x_hat (1, 3, H, W), padded to the stride (the float synthesis);
-        region: where a region of interest's last stage counts."""
-        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0],
-                                           None if region is None else region[None])
+        region: (codebook size, where) of a region of interest."""
+        second = None if region is None else (self.codebook(region[0])[0], region[1][None])
+        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0], second)
 
     def decode_latents(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
-        """packets -> the index maps (stages, H/16, W/16) of the padded image, stage 1 first (see decode)."""
+        """packets -> the index maps (depth, H/16, W/16) of the padded image, stage 1 first (see decode)."""
         return self.decode(packets, header, conceal)[0]
 
     @torch.no_grad()
     def decode(self, packets: list[Packet], header: Header, conceal: bool = False
-               ) -> tuple[torch.Tensor, Header, torch.Tensor | None]:
-        """packets -> (index maps, header, region or None): reconstruct's arguments. A region's extra
-        stage is a map with zeros outside the region."""
+               ) -> tuple[torch.Tensor, Header, tuple[int, torch.Tensor] | None]:
+        """packets -> (index maps, header, region or None): reconstruct's arguments. A region's
+        stage-1 indices are into its own codebook; its ROI packet is needed to decode them."""
         if (header.codebook, header.depth) not in self.points:
             raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
                                  f"which model {header.model_id!r} does not have")
@@ -267,28 +281,28 @@ class VQCodec(nn.Module):
         from bitstream.coder import Decoder
         h, w = -(-header.height // self.stride), -(-header.width // self.stride)
         codes, mapping = self.codebook(header.codebook)
-        roi, packets = regions.read_packet(packets, (h, w), conceal)
+        roi, packets = regions.read_packet(packets, (h, w), conceal,
+                                           needed="the index prior needs its codebooks, so the image cannot be decoded")
         region = None
-        layout = [(PacketKind.INDICES, stage, h * w) for stage in range(header.depth)]
         if roi is not None:
-            if roi[1] != header.depth + 1 or roi[1] > self.autoencoder.quantizer.max_depth:
-                raise BitstreamError(f"corrupt ROI packet: a region of depth {roi[1]} over depth {header.depth}")
-            region = torch.from_numpy(roi[0] >= regions.INSIDE).to(codes.device)
-            layout.append((PacketKind.INDICES, header.depth, int(region.sum())))
+            k = roi[1]
+            if header.depth != 1 or k not in self.sizes or k <= header.codebook:
+                raise BitstreamError(f"corrupt ROI packet: a region codebook of {k} over {header.codebook} "
+                                     f"at depth {header.depth}")
+            region = (k, torch.from_numpy(roi[0] >= regions.INSIDE).to(codes.device))
+        layout = [(PacketKind.INDICES, stage, h * w) for stage in range(header.depth)]
         maps = []
         for stage, p in enumerate(expect_packets(packets, layout, conceal)):
             if p is None:
                 raise BitstreamError(f"the index packet of quantizer stage {stage + 1} is missing or corrupt, "
                                      "and the vq family cannot conceal a lost packet")
             if stage == 0:
-                maps.append(self.prior.decompress(p.payload, h, w, self.prior_codes(header.codebook), mapping))
+                second = None if region is None else (self.prior_codes(region[0]), self.codebook(region[0])[1], region[1])
+                maps.append(self.prior.decompress(p.payload, h, w, self.prior_codes(header.codebook), mapping, second))
                 continue
             table = static_table(self.residual_counts(stage))
             stream = Decoder(p.payload)
-            symbols = torch.from_numpy(table.decode(stream, np.zeros(p.count, np.int32))).long().to(codes.device)
+            symbols = table.decode(stream, np.zeros(h * w, np.int32))
             stream.end()
-            if stage == header.depth:  # the region's stage: its positions alone
-                maps.append(torch.zeros((h, w), dtype=torch.long, device=codes.device).masked_scatter_(region, symbols))
-            else:
-                maps.append(symbols.view(h, w))
+            maps.append(torch.from_numpy(symbols).long().view(h, w).to(codes.device))
         return torch.stack(maps), header, region
