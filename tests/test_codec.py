@@ -236,6 +236,13 @@ def test_tiled_synthesis_matches_the_whole_image_to_float_rounding():
     whole = net.synthesise(y_hat, level, tile=64)
     tiled = net.synthesise(y_hat, level, tile=8)
     assert (whole - tiled).abs().max() * 255 < 0.1  # levels of 255; a margin of 1 latent gives 6
+    # A level map (a region of interest) is cut into the same tiles.
+    qualities = np.full((20, 28), 5000, np.int64)
+    qualities[5:15, 10:20] = 7000
+    level = net.level_of(qualities)
+    whole, tiled = net.synthesise(y_hat, level, tile=64), net.synthesise(y_hat, level, tile=8)
+    assert (whole - tiled).abs().max() * 255 < 0.1
+    assert (whole - net.synthesise(y_hat, net.level_of(50.0), tile=64)).abs().max() * 255 > 1  # the map matters
 
 
 def test_the_tiled_integer_prior_codes_exactly_what_the_whole_map_does(monkeypatch, sample_rgb):
