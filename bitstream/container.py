@@ -22,6 +22,7 @@ MAX_PACKETS = 4096
 MAX_RANGE = 1 << 32         # packet first/count fields
 FAMILIES = ("hp", "vq")
 MODES = ("image", "video")
+FLAG_ROI = 1                # header flags: a region of interest (an ROI packet first)
 
 
 class PacketKind(enum.IntEnum):
@@ -44,6 +45,7 @@ class Header:
     mode: str = "image"
     version: int = VERSION
     release: tuple[int, int, int] | None = None  # the codec release that wrote the file (None in version 1)
+    roi: bool = False       # a region of interest: an ROI packet comes first (flags bit 0)
 
     @property
     def release_name(self) -> str:
@@ -130,7 +132,7 @@ def header_bytes(h: Header) -> bytes:
     if h.version >= 2 and (h.release is None or len(h.release) != 3 or not all(0 <= v < 256 for v in h.release)):
         raise ValueError("format 2 records the writer's release: three numbers 0..255")
     out = bytearray(MAGIC)
-    out += bytes([h.version, FAMILIES.index(h.family), MODES.index(h.mode), 0, len(mid)])
+    out += bytes([h.version, FAMILIES.index(h.family), MODES.index(h.mode), FLAG_ROI if h.roi else 0, len(mid)])
     out += mid + h.weights_hash + (bytes(h.release) if h.version >= 2 else b"")
     _put_varint(out, h.width - 1)
     _put_varint(out, h.height - 1)
@@ -169,7 +171,7 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     if version not in READABLE_VERSIONS:
         raise BitstreamError(f"unsupported format version {version} (this reader knows "
                              f"{', '.join(map(str, READABLE_VERSIONS))}): written by a newer codec release?")
-    if family >= len(FAMILIES) or mode >= len(MODES) or flags != 0:
+    if family >= len(FAMILIES) or mode >= len(MODES) or flags & ~FLAG_ROI or (flags and version < 2):
         raise BitstreamError("corrupt header: unknown model family, mode or flags")
     if not 1 <= id_len <= MAX_MODEL_ID:
         raise BitstreamError(f"corrupt header: model id length {id_len}")
@@ -191,7 +193,7 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     if crc != zlib.crc32(data[:r.pos - 4]):
         raise BitstreamError("corrupt header (CRC mismatch)")
     header = Header(FAMILIES[family], model_id, weights_hash, width, height, quality, codebook, depth,
-                    MODES[mode], version, release)
+                    MODES[mode], version, release, bool(flags & FLAG_ROI))
     return header, count, r.pos
 
 
@@ -273,7 +275,8 @@ def describe(data: bytes) -> dict:
     h = c.header
     return {
         "format_version": h.version, "family": h.family, "model_id": h.model_id,
-        "weights_hash": h.weights_hash.hex(), "written_by": h.release_name, "mode": h.mode, "width": h.width, "height": h.height,
+        "weights_hash": h.weights_hash.hex(), "written_by": h.release_name, "mode": h.mode, "roi": h.roi,
+        "width": h.width, "height": h.height,
         "quality": h.quality, "codebook": h.codebook, "depth": h.depth, "bytes": len(data),
         "packets": [{"offset": p.offset, "length": p.length, "kind": p.kind.name.lower(),
                      "first": p.first, "count": p.count} for p in c.packets],

@@ -83,7 +83,8 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     `roi`: a region of interest, a mask (path, PIL image or array, any size; white = region), a list
     of boxes (x, y, w, h) in pixels, or "auto" (a saliency estimate). hp codes it at `roi_quality`
     (default codec.roi.DEFAULT_QUALITY) while `quality` (or the quality a bpp / size target finds)
-    holds for the rest; vq adds a residual stage inside it."""
+    holds for the rest (searched up to the region's with a bpp / size target); vq codes the region with
+    the larger codebook of the point nearest `roi_quality` (default: the main codebook)."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     model_id = zoo.DEFAULT_MODEL.get(model, model)
@@ -111,6 +112,8 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
                   None if roi_quality is None else _check_quality(roi_quality))
     features = net.prepare(x)  # the same at every rate: computed once for a rate search
 
+    header.roi = region is not None
+
     def at(q: float) -> bytes:
         header.quality, header.codebook, header.depth = net.operating_point(_check_quality(q), codebook, depth)
         packets = net.compress(x, features, header, refine, searcher, roi=region)
@@ -118,10 +121,9 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
 
     if budget is None:
         return at(quality)
-    if net.continuous_quality:
-        return search_quality(at, budget)
-    # The points, in increasing rate; with a region, those that leave it a deeper stage (depth 1).
-    qualities = [q for q, (_, d) in zip(net.qualities(), net.points) if region is None or d == 1]
+    if net.continuous_quality:  # with a region, the background's quality stays at or below the region's
+        return search_quality(at, budget, top=net.search_top(region))
+    qualities = net.qualities(region)  # the points in increasing rate (with a region, those below it)
     return search_point(lambda i: at(qualities[i]), len(qualities), budget)
 
 
@@ -149,12 +151,12 @@ def budget_bytes(bpp: float | None, size: int | None, width: int, height: int) -
     return budget
 
 
-def search_quality(at, budget: float, iterations: int = 10) -> bytes:
-    """The file at the highest quality (to 0.01) whose size is <= budget bytes.
+def search_quality(at, budget: float, iterations: int = 10, top: float = 100.0) -> bytes:
+    """The file at the highest quality up to `top` (to 0.01) whose size is <= budget bytes.
 
     Size grows smoothly and monotonically with quality, close to exponentially, so the search
     interpolates log(size) between the bracketing qualities (regula falsi) instead of halving."""
-    lo_q, hi_q = 0.0, 100.0
+    lo_q, hi_q = 0.0, top
     lo, hi = at(lo_q), at(hi_q)
     if len(hi) <= budget:
         return hi

@@ -107,7 +107,7 @@ def cmd_encode(args) -> None:
     try:
         data = api.encode(rgb, model=args.model, quality=args.quality, bpp=args.bpp, size=args.size,
                           codebook=args.codebook, depth=args.depth, refine=args.refine, device=args.device,
-                          refine_device=args.refine_device, max_pixels=args.max_pixels, roi=_region(args.roi),
+                          refine_device=args.refine_device, max_pixels=args.max_pixels, roi=_region(args.roi, args.roi_quality),
                           roi_quality=args.roi_quality)
     except (ImageReadError, BitstreamError):  # bad data: ValueErrors too, but exit 1
         raise
@@ -134,10 +134,12 @@ def cmd_encode(args) -> None:
     _report(args, f"{args.input} -> {args.output}: {len(data)} bytes, {fields['bpp']:.4f} bpp", fields)
 
 
-def _region(values: list[str] | None):
+def _region(values: list[str] | None, quality: float | None):
     """--roi's values -> what api.encode takes: None, "auto", a mask's path or a list of boxes."""
     from codec.roi import parse_box
     if not values:
+        if quality is not None:
+            raise UsageError("--roi-quality needs a region (--roi)")
         return None
     if len(values) == 1 and (values[0] == "auto" or "," not in values[0]):
         if values[0] != "auto" and not Path(values[0]).is_file():
@@ -239,10 +241,12 @@ def build_parser() -> Parser:
     e.add_argument("--max-pixels", type=_positive(int), metavar="N",
                    help="refuse images of more than N pixels (default: 2^25, about 33.5 M)")
     e.add_argument("--roi", action="append", metavar="MASK|x,y,w,h|auto",
-                   help="hp: a region of interest coded at --roi-quality, the rest at --quality (or the quality "
-                        "--bpp / --size find): a mask image (white = region, resized to the image), a box in "
-                        "pixels (repeatable), or auto (edges, contrast and skin tones)")
-    e.add_argument("--roi-quality", type=_quality, metavar="Q", help="the region's quality, 0..100 (default: 80)")
+                   help="a region of interest coded better than the rest: a mask image (white = region, resized "
+                        "to the image), a box in pixels (repeatable), or auto (skin tones, edges, contrast). hp "
+                        "codes it at --roi-quality and the rest at --quality (or the quality --bpp / --size find); "
+                        "vq codes it with the larger codebook of --roi-quality's point")
+    e.add_argument("--roi-quality", type=_quality, metavar="Q",
+                   help="the region's quality, 0..100 (default: hp 80, vq the main codebook)")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
 

@@ -1,12 +1,13 @@
 """Regions of interest: where the user wants more bits, as a quality map over the latent grid.
 
 A region comes as a mask image (white = region, any size, resized to the image), boxes (x, y, w, h in
-pixels) or "auto" (a cheap saliency estimate: edges, local contrast and skin tones, no learned
+pixels) or "auto" (a cheap saliency estimate: skin tones, edges and local contrast, no learned
 model). It becomes a share of region per latent position (`cell` pixels a side), blended over a cell
-or two at the edge so the picture has no seam, and from it a quality per position between the
-background's (the header's quality) and the region's. The ROI packet holds the region's quality and
-the deflated shares (a byte a position); qualities are computed from them in integers, alike in
-encoder and decoder.
+or two at the edge so the picture has no seam. hp codes each position at a quality between the
+background's (the header's quality) and the region's; vq codes the positions mostly inside with a
+larger codebook. The ROI packet holds the region's value (hp: its quality; vq: its codebook size)
+and the deflated shares (a byte a position); hp's qualities are computed from them in integers,
+alike in encoder and decoder.
 """
 from __future__ import annotations
 
@@ -16,51 +17,58 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import warnings
-
 from bitstream import BitstreamError, Packet, PacketKind
-from bitstream.container import ConcealedWarning, expect_packets
+from bitstream.container import expect_packets
 
 AUTO_SHARE = 0.15     # "auto": the most salient share of the image becomes the region
 DEFAULT_QUALITY = 80  # hp: the region's quality unless the caller gives one
-INSIDE = 128          # vq: a position whose share of region is at least this gets the extra stage
+INSIDE = 128          # vq: a position whose share of region is at least this takes the region's codebook
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
     """'x,y,w,h' (pixels) -> a box; ValueError otherwise."""
     try:
-        x, y, w, h = (int(v) for v in text.split(","))
+        box = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"a box is x,y,w,h in pixels, got {text!r}") from None
+        box = ()
+    if len(box) != 4:
+        raise ValueError(f"a box is x,y,w,h in pixels, got {text!r}")
+    return check_box(box)
+
+
+def check_box(box) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in box)
     if w <= 0 or h <= 0 or x < 0 or y < 0:
-        raise ValueError(f"a box needs x, y >= 0 and w, h > 0, got {text!r}")
+        raise ValueError(f"a box needs x, y >= 0 and w, h > 0, got {x},{y},{w},{h}")
     return x, y, w, h
 
 
 def region_mask(roi, rgb: np.ndarray) -> np.ndarray:
-    """The user's region -> (H, W) float mask in [0, 1]. roi: a mask (path, PIL image or array of any
-    size, white / nonzero = region), a list of boxes (x, y, w, h) or "auto"."""
+    """The user's region -> (H, W) float mask in [0, 1]. roi: "auto", a list of boxes (x, y, w, h),
+    or a mask (a path, a PIL image or a 2-D array of any size; white / nonzero = region)."""
     h, w = rgb.shape[:2]
     if isinstance(roi, str) and roi == "auto":
         return saliency_mask(rgb)
-    if isinstance(roi, (list, tuple)) and roi and all(isinstance(b, (list, tuple)) for b in roi):
+    if isinstance(roi, (list, tuple)):
+        if not roi or not all(np.ndim(b) == 1 and len(b) == 4 for b in roi):
+            raise ValueError("boxes are a list of (x, y, w, h) in pixels")
         mask = np.zeros((h, w), np.float32)
-        for x, y, bw, bh in roi:
+        for x, y, bw, bh in map(check_box, roi):
             if x >= w or y >= h:
                 raise ValueError(f"box {x},{y},{bw},{bh} lies outside the {w}x{h} image")
             mask[y:y + bh, x:x + bw] = 1
         return mask
-    if isinstance(roi, (str, Path)):
-        try:
+    try:
+        if isinstance(roi, (str, Path)):
             roi = Image.open(roi)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read the ROI mask {roi}: {e}") from None
-    if isinstance(roi, Image.Image):
-        roi = np.asarray(roi.convert("L").resize((w, h), Image.BILINEAR), np.float32) / 255
+        if isinstance(roi, Image.Image):  # decoded here: a truncated file fails inside the try
+            roi = np.asarray(roi.convert("L").resize((w, h), Image.BILINEAR), np.float32) / 255
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the ROI mask: {e}") from None
     mask = np.asarray(roi, np.float32)
     if mask.ndim == 3:
         mask = mask.mean(2)
-    if mask.ndim != 2:
+    if mask.ndim != 2 or min(mask.shape) < 1:
         raise ValueError(f"an ROI mask is a 2-D image, got shape {mask.shape}")
     if mask.shape != (h, w):
         mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.BILINEAR))
@@ -71,6 +79,8 @@ def saliency_mask(rgb: np.ndarray) -> np.ndarray:
     """A cheap saliency estimate (H, W) in {0, 1}, at an eighth of the resolution: skin tones first
     (Chai and Ngan's Cb/Cr box, red above green above blue, not black), then edge energy and local
     contrast (each by its rank, so neither's scale decides); the top AUTO_SHARE of the image kept."""
+    if min(rgb.shape[:2]) < 16:  # too small to rank anything: the whole image
+        return np.ones(rgb.shape[:2], np.float32)
     small = np.asarray(Image.fromarray(rgb).reduce(8), np.float32) / 255
     r, g, b = small[..., 0], small[..., 1], small[..., 2]
     grey = 0.299 * r + 0.587 * g + 0.114 * b
@@ -126,23 +136,18 @@ def packet(share: np.ndarray, region: int) -> Packet:
     return Packet(PacketKind.ROI, 0, share.size, payload)
 
 
-def read_packet(packets: list[Packet], grid: tuple[int, int], conceal: bool, needed: str | None = None
+def read_packet(packets: list[Packet], header, grid: tuple[int, int], needed: str
                 ) -> tuple[tuple[np.ndarray, int] | None, list[Packet]]:
-    """A file's leading ROI packet, if any -> ((share map, region value) or None, the packets after
-    it). Under conceal a damaged one gives None, reported, unless `needed` says why the rest cannot
-    be decoded without it (then it fails as without conceal)."""
-    if not packets or packets[0].kind != PacketKind.ROI:
+    """The ROI packet a header announces (flag `roi`) -> ((share map, region value), the packets
+    after it); (None, packets) for a file without a region. A missing or damaged one fails, with
+    `needed` saying why the rest cannot be decoded without it."""
+    if not header.roi:
         return None, packets
     try:
-        (roi,) = expect_packets(packets[:1], [(PacketKind.ROI, 0, grid[0] * grid[1])], conceal and not needed)
-        if roi is None:
-            raise BitstreamError("the ROI packet is missing or corrupt")
+        (roi,) = expect_packets(packets[:1], [(PacketKind.ROI, 0, grid[0] * grid[1])])
         return unpack(roi.payload, grid), packets[1:]
     except BitstreamError as e:
-        if not conceal or needed:
-            raise BitstreamError(f"{e}{': ' + needed if needed else ''}") from None
-        warnings.warn(ConcealedWarning(f"{e}; decoded as if it had no region"), stacklevel=2)
-        return None, packets[1:]
+        raise BitstreamError(f"{e}: {needed}") from None
 
 
 def unpack(payload: bytes, grid: tuple[int, int]) -> tuple[np.ndarray, int]:

@@ -38,6 +38,11 @@ def test_boxes_masks_and_auto_become_a_blended_share_of_region():
     assert 0.08 < auto.mean() < 0.3  # about AUTO_SHARE of the image
     with pytest.raises(ValueError, match="outside"):
         roi.region_mask([(100, 0, 5, 5)], rgb)
+    for bad in ([(-2, 0, 5, 5)], [(0, 0, 0, 5)], [(1, 2, 3)], []):  # boxes are checked, never wrapped or dropped
+        with pytest.raises(ValueError, match="box"):
+            roi.region_mask(bad, rgb)
+    assert roi.region_mask([np.array([16, 16, 32, 16])], rgb).sum() == 32 * 16  # array boxes read as boxes
+    assert roi.region_mask("auto", rgb[:8, :12]).min() == 1  # too small to rank: the whole image
 
 
 def test_qualities_run_in_integers_from_background_to_region():
@@ -65,7 +70,8 @@ def test_hp_spends_more_on_the_region_and_decodes_what_the_encoder_meant(sample_
     data = codec.encode(sample_rgb, quality=30, roi=[BOX], roi_quality=70)
     c = bitstream.read(data)
     assert [p.kind for p in c.packets] == [PacketKind.ROI, PacketKind.HYPER, PacketKind.LATENT]
-    assert c.header.quality == 30.0 and len(data) > len(uniform)
+    assert c.header.quality == 30.0 and c.header.roi and len(data) > len(uniform)
+    assert bitstream.describe(data)["roi"] and not bitstream.describe(uniform)["roi"]  # codec info shows it
     u, r = api.decode_rgb(uniform), api.decode_rgb(data)
     assert psnr(_inside(sample_rgb), _inside(r)) > psnr(_inside(sample_rgb), _inside(u)) + 2
     # The background keeps its quality: far from the region the pictures are alike.
@@ -74,6 +80,8 @@ def test_hp_spends_more_on_the_region_and_decodes_what_the_encoder_meant(sample_
     sized = codec.encode(sample_rgb, roi=[BOX], roi_quality=70, size=len(uniform))
     assert 0.97 * len(uniform) <= len(sized) <= len(uniform)
     assert bitstream.read(sized).header.quality < 30
+    # A size beyond reach: the background goes up to the region's quality, not past it.
+    assert bitstream.read(codec.encode(sample_rgb[:64, :64], roi=[(0, 0, 40, 40)], size=10**6)).header.quality == 80
 
 
 def test_vq_codes_the_region_with_a_larger_codebook(sample_rgb):
@@ -92,12 +100,15 @@ def test_vq_codes_the_region_with_a_larger_codebook(sample_rgb):
     # The region's codebook from a region quality, and none smaller than the background's.
     assert roi.unpack(bitstream.read(codec.encode(sample_rgb, model="vq", codebook=64, roi=[BOX], roi_quality=60)
                                      ).packets[0].payload, (16, 16))[1] == 256
-    with pytest.raises(ValueError, match="larger codebook than the background"):
+    with pytest.raises(ValueError, match="codebook larger than the background"):
         codec.encode(sample_rgb, model="vq", codebook=1024, roi=[BOX], roi_quality=30)
-    with pytest.raises(ValueError, match="larger codebook than the background"):
+    with pytest.raises(ValueError, match="codebook larger than the background"):
         codec.encode(sample_rgb, model="vq", depth=2, roi=[BOX])
     sized = codec.encode(sample_rgb, model="vq", roi=[BOX], size=len(uniform))  # depth-1 points below the region's
     assert len(sized) <= len(uniform) and bitstream.read(sized).header.codebook < 8192
+    for region_quality, top in ((None, 4096), (50, 64)):  # a size beyond reach: the largest point below the region's
+        huge = codec.encode(sample_rgb[:64, :96], model="vq", roi=[(8, 8, 40, 30)], roi_quality=region_quality, size=10**6)
+        assert bitstream.read(huge).header.codebook == top
 
 
 def _forged(data: bytes, edit) -> bytes:
@@ -120,6 +131,8 @@ def test_a_damaged_or_forged_roi_packet_is_fatal_also_under_conceal(sample_rgb):
     with pytest.raises(BitstreamError, match="roi packet 0 .* is corrupt: the index prior needs its codebooks"):
         api.decode_rgb(bytes(bad), conceal=True)
     for edit, message in ((lambda c: setattr(c.packets[0], "count", 3), "packet 0 should be the roi packet"),
+                          (lambda c: c.packets.pop(0), "packet 0 should be the roi packet"),  # the header announces it
+                          (lambda c: setattr(c.header, "roi", False), "should be the hyper packet 0 .*, but is a roi packet"),
                           (lambda c: setattr(c.packets[0], "payload", (20000).to_bytes(2, "little") + c.packets[0].payload[2:]),
                            "region quality 200.0 is over 100")):
         with pytest.raises(BitstreamError, match=message):
@@ -139,8 +152,11 @@ def test_the_cli_takes_boxes_masks_and_auto_and_refuses_bad_regions(tmp_path, ca
         assert bitstream.read(out.read_bytes()).packets[0].kind == PacketKind.ROI
         assert main(["decode", str(out), str(tmp_path / "o.png")]) == 0
     capsys.readouterr()
-    for option in (["--roi", "1,2,3"], ["--roi", "no-such-mask.png"], ["--roi", "0,0,-4,4"]):
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(mask.read_bytes()[:60])
+    for option in (["--roi", "1,2,3"], ["--roi", "no-such-mask.png"], ["--roi", "0,0,-4,4"], ["--roi-quality", "50"],
+                   ["--roi", str(truncated)]):
         assert main(["encode", str(SAMPLE), str(tmp_path / "x.bin"), *option]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("codec: error: --roi") and err.count("\n") == 1
+        assert err.startswith("codec: error: ") and "roi" in err.lower() and err.count("\n") == 1, err
     assert not (tmp_path / "x.bin").exists()

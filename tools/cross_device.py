@@ -63,8 +63,9 @@ def decode(args) -> None:
         try:
             container = bitstream.read(data)
             net = api.model_of(container.header, args.device)
-            symbols = net.decode_latents(container.packets, container.header)
-            rgb = api.to_rgb(net.reconstruct(symbols, container.header), container.header.height,
+            decoded = net.decode(container.packets, container.header)
+            symbols = decoded[0]
+            rgb = api.to_rgb(net.reconstruct(*decoded), container.header.height,
                              container.header.width)
         except bitstream.BitstreamError as e:
             rows.append({**row, "decoded": False, "error": str(e)})

@@ -119,7 +119,7 @@ def forge_header(rng, data, seeds, max_side: int = 110):
     from codec import zoo
     c = bitstream.read(data)
     h = c.header
-    field = rng.randrange(9)
+    field = rng.randrange(10)
     if field == 0:
         h.width, h.height = rng.randint(1, max_side), rng.randint(1, max_side)
         if h.family == "vq" and rng.random() < 0.8:  # keep the packet table consistent with the size
@@ -149,6 +149,8 @@ def forge_header(rng, data, seeds, max_side: int = 110):
     elif field == 7:
         p = rng.choice(c.packets)
         p.kind = rng.choice(list(PacketKind))
+    elif field == 9:
+        h.roi = not h.roi
     else:
         p = rng.choice(c.packets)
         p.first, p.count = rng.choice((0, 1, 2, rng.randrange(1 << 16))), rng.choice((0, 1, 4, 320, rng.randrange(1 << 16)))
@@ -328,10 +330,12 @@ def main() -> int:
     p.add_argument("--max-pixels", type=int, default=110 * 110, help="the decoder's limit on a claimed size")
     p.add_argument("--out", type=Path, help="folder for summary.json and the bad cases")
     p.add_argument("--replay", type=Path, help="decode one saved case here, showing any traceback")
+    p.add_argument("--conceal", action="store_true", help="--replay: decode as a concealing decoder (the "
+                   "summary's 'conceal' of the case)")
     args = p.parse_args()
     if args.replay:
         from codec import api
-        api.decode_rgb(args.replay.read_bytes(), max_pixels=args.max_pixels)
+        api.decode_rgb(args.replay.read_bytes(), conceal=args.conceal, max_pixels=args.max_pixels)
         print("decoded", file=sys.stderr)
         return 0
     s = fuzz(args.cases, args.workers, args.seed, args.hang_s, args.memory_mb, args.max_pixels, args.out, progress=True)

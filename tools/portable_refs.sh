@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: write the GPU's reference files of tests/data/portable (from the images in
-# .data/psrc: a sample and a 552x296 mosaic of the samples whose vq index map spans several prior
-# tiles of three shapes), decode every writer's files there (the CPU writers' from .data/pref), run
+# .data/psrc: a sample and a 552x296 mosaic of the samples whose vq index map spans prior tiles of
+# four shapes), decode every writer's files there (the CPU writers' from .data/pref), run
 # the GPU-marked tests, and fuzz the decoder with tools/fuzz.py on the machine's CPU cores.
 #   tools/portable_refs.sh [FUZZ_CASES]      (carry .whl .data/psrc .data/pref)
 # Here, before: tools/cross_device.py encode --dataset .data/psrc --out .data/pref/cpu-avx512 (and

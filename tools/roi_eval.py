@@ -26,15 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bitstream  # noqa: E402
 import codec  # noqa: E402
+from codec import roi  # noqa: E402
 from codec.io import load_image  # noqa: E402
 from codec.metrics import ms_ssim, psnr  # noqa: E402
-
-
-def region(shape, boxes) -> np.ndarray:
-    mask = np.zeros(shape[:2], bool)
-    for x, y, w, h in boxes:
-        mask[y:y + h, x:x + w] = True
-    return mask
 
 
 def grown_box(boxes, shape, side: int = 176) -> tuple[slice, slice]:
@@ -71,6 +65,8 @@ def vq_roi_file(rgb, boxes, budget: int) -> bytes:
             data = codec.encode(rgb, model="vq", codebook=background, roi=boxes, roi_quality=100 * i / (len(sizes) - 1))
             if len(best) < len(data) <= budget:
                 best = data
+    if not best:
+        raise SystemExit(f"no vq ROI file fits {budget} bytes")
     return best
 
 
@@ -90,8 +86,8 @@ def main() -> None:
     rows, pictures = [], {}
     for name, spec in json.loads(args.boxes.read_text()).items():
         rgb = load_image(args.dataset / name)
-        mask, crop = region(rgb.shape, spec["boxes"]), grown_box(spec["boxes"], rgb.shape)
         boxes = [tuple(b) for b in spec["boxes"]]
+        mask, crop = roi.region_mask(boxes, rgb) > 0, grown_box(boxes, rgb.shape)
         if args.model == "hp":
             uniform_data = codec.encode(rgb, quality=args.quality)
             roi_data = codec.encode(rgb, roi=boxes, roi_quality=min(100.0, args.quality + args.lift), size=len(uniform_data))

@@ -9,9 +9,10 @@ model up there and never branch on its family. Every class offers:
     operating_point(quality, codebook, depth) -> (quality, codebook, depth)   # the header's rate fields
     forward(...)                    # training: reconstructions and likelihoods
     prepare(x) -> features          # the rate-free part of compress, computed once for a rate search
-    compress(x, features, header, refine, searcher) -> [Packet]
+    compress(x, features, header, refine, searcher, roi) -> [Packet]
     decompress(packets, header, conceal) -> x_hat (1, 3, H, W), padded to the stride; it is
-    reconstruct(decode_latents(packets, header, conceal), header): the integer symbols, then the float synthesis
+    reconstruct(*decode(packets, header, conceal)): the integer symbols (and a region of interest's
+    map), then the float synthesis; decode_latents(...) is decode's symbols alone
 
 Inside, a model turns latents into integer symbols and hands plain arrays (symbols, CDF-table
 indexes or CDF rows) to `codec.entropy` and the range coder, which know nothing of networks.

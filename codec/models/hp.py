@@ -232,6 +232,14 @@ class ConditionedCheckerboard(nn.Module):
         """The qualities of the trained levels, evenly spaced over 0..100: where a sweep measures."""
         return [round(100 * i / (self.n_levels - 1), 2) for i in range(self.n_levels)]
 
+    @staticmethod
+    def search_top(roi: tuple[np.ndarray, float | None] | None) -> float:
+        """The highest quality a rate search tries: with a region of interest, the region's (the
+        background is never coded better than the region)."""
+        if roi is None:
+            return 100.0
+        return regions.DEFAULT_QUALITY if roi[1] is None else roi[1]
+
     def operating_point(self, quality: float, codebook: int | None, depth: int | None) -> tuple[float, int, int]:
         """The user's rate knobs -> the header's (quality, codebook, depth)."""
         if codebook is not None or depth is not None:
@@ -565,13 +573,12 @@ class ConditionedCheckerboard(nn.Module):
         exact in float32 (see decode)."""
         return self.decode(packets, header, conceal)[0]
 
-    def regions(self, packets: list[Packet], header: Header, conceal: bool
-                ) -> tuple[np.ndarray | None, list[Packet]]:
+    def regions(self, packets: list[Packet], header: Header) -> tuple[np.ndarray | None, list[Packet]]:
         """A file's leading ROI packet, if any -> (per-latent qualities in hundredths or None, the
         packets after it). A damaged one is fatal, also under conceal: the entropy model reads it."""
         grid = (-(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4)
-        roi, packets = regions.read_packet(packets, grid, conceal,
-                                           needed="the entropy model needs its qualities, so the image cannot be decoded")
+        roi, packets = regions.read_packet(packets, header, grid, "the entropy model needs its qualities, so the image "
+                                                          "cannot be decoded")
         if roi is None:
             return None, packets
         if roi[1] > 10000:
@@ -587,7 +594,7 @@ class ConditionedCheckerboard(nn.Module):
         if header.codebook or header.depth:
             raise BitstreamError(f"corrupt header: codebook {header.codebook} and depth {header.depth} "
                                  f"for model {header.model_id!r}, which has neither")
-        qualities, packets = self.regions(packets, header, conceal)
+        qualities, packets = self.regions(packets, header)
         hyper_packet, latent = expect_packets(packets, [(PacketKind.HYPER, 0, self.N), (PacketKind.LATENT, 0, self.M)],
                                               conceal)
         if hyper_packet is None:

@@ -13,8 +13,9 @@ One network serves every codebook size. A known index enters as its code vector 
 codebook needs no embedding table of its own) plus an embedding of log2 K; the output is a
 distribution over the main codebook, marginalised onto a clustered codebook through its mapping
 (P(cluster j) = sum of P(code i) over the codes i that cluster into j). Positions enter through a
-depthwise convolution over the token grid, which holds for any map size (training crops give 16x16
-maps, Kodak 48x32).
+depthwise convolution over the token grid, which holds for any tile shape (edge tiles are smaller
+than the 16x16 of the training crops). A region of interest may take its indices from a second,
+larger codebook: each known index enters in its own codebook, with that codebook's size embedding.
 
 Shapes: indices (B, h, w) int64 in [0, K); codes (K, code_dim); mapping (K_main,) -> [0, K).
 """

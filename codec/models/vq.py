@@ -175,10 +175,15 @@ class VQCodec(nn.Module):
 
     # --- rates ---
 
-    def qualities(self) -> list[float]:
-        """The quality of each operating point, evenly spaced over 0..100 (in the header's hundredths)."""
+    def qualities(self, roi: tuple[np.ndarray, float | None] | None = None) -> list[float]:
+        """The quality of each operating point, evenly spaced over 0..100 (in the header's hundredths);
+        with a region of interest, only those of the depth-1 points below the region's codebook."""
         n = len(self.points)
-        return [round(100 * i / (n - 1), 2) for i in range(n)]
+        qualities = [round(100 * i / (n - 1), 2) for i in range(n)]
+        if roi is None:
+            return qualities
+        top = self.region_codebook(roi[1])
+        return [q for q, (k, d) in zip(qualities, self.points) if d == 1 and k < top]
 
     def operating_point(self, quality: float, codebook: int | None, depth: int | None) -> tuple[float, int, int]:
         """The user's rate knobs -> the header's (quality, codebook, depth): a (codebook, depth) pair
@@ -221,7 +226,11 @@ class VQCodec(nn.Module):
         maps = [m[0] for m in self.autoencoder.quantizer.indices(z, header.depth, codes)]
         region = None
         if roi is not None:
-            k = self.region_codebook(header, roi[1])
+            k = self.region_codebook(roi[1])
+            if header.depth != 1 or k <= header.codebook:
+                raise ValueError(f"a region needs a codebook larger than the background's ({header.codebook} at "
+                                 f"depth {header.depth}; the region's would be {k}): pick a lower quality"
+                                 + (" or a higher region quality" if header.depth == 1 else ""))
             inside = torch.from_numpy(roi[0] >= regions.INSIDE).to(maps[0].device)
             region = (self.prior_codes(k), self.codebook(k)[1], inside)
             maps[0] = torch.where(inside, self.autoencoder.quantizer.indices(z, 1, self.codebook(k)[0])[0][0], maps[0])
@@ -238,16 +247,11 @@ class VQCodec(nn.Module):
         # Only inside / outside matters here: a two-valued map zlib-codes in a fraction of the bytes.
         return [regions.packet(np.where(roi[0] >= regions.INSIDE, 255, 0).astype(np.uint8), k), *packets]
 
-    def region_codebook(self, header: Header, quality: float | None) -> int:
+    def region_codebook(self, quality: float | None) -> int:
         """The codebook a region of interest is coded with: that of the depth-1 point nearest
-        `quality` (None: the main codebook), larger than the background's."""
+        `quality` (None: the main codebook)."""
         sizes = [k for k, d in self.points if d == 1]
-        k = sizes[-1] if quality is None else sizes[round(quality / 100 * (len(sizes) - 1))]
-        if header.depth != 1 or k <= header.codebook:
-            raise ValueError(f"a region needs a larger codebook than the background's ({header.codebook} at depth "
-                             f"{header.depth}; the region's would be {k}): pick a lower quality or a higher "
-                             "region quality")
-        return k
+        return sizes[-1] if quality is None else sizes[round(quality / 100 * (len(sizes) - 1))]
 
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
@@ -281,8 +285,8 @@ class VQCodec(nn.Module):
         from bitstream.coder import Decoder
         h, w = -(-header.height // self.stride), -(-header.width // self.stride)
         codes, mapping = self.codebook(header.codebook)
-        roi, packets = regions.read_packet(packets, (h, w), conceal,
-                                           needed="the index prior needs its codebooks, so the image cannot be decoded")
+        roi, packets = regions.read_packet(packets, header, (h, w), "the index prior needs its codebooks, so the image "
+                                                            "cannot be decoded")
         region = None
         if roi is not None:
             k = roi[1]
