@@ -56,7 +56,7 @@ def to_tensor(rgb: np.ndarray, device: str, pad: int) -> torch.Tensor:
 
 
 def to_rgb(x: torch.Tensor, h: int, w: int) -> np.ndarray:
-    x = x[0, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
+    x = x[0, :, :h, :w].mul(255).clamp_(0, 255).round_().to(torch.uint8)  # in place: one float copy
     return x.permute(1, 2, 0).cpu().numpy()
 
 

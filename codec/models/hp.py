@@ -408,7 +408,7 @@ class ConditionedCheckerboard(nn.Module):
                 th, tw = min(tile, h - i), min(tile, w - j)
                 out[..., i * s:(i + th) * s, j * s:(j + tw) * s] = \
                     x[..., (i - i0) * s:(i - i0 + th) * s, (j - j0) * s:(j - j0 + tw) * s]
-        return out.clamp(0, 1)
+        return out.clamp_(0, 1)
 
     def z_medians(self) -> torch.Tensor:
         """(1, N, 1, 1): z is coded around each channel's median."""
@@ -709,6 +709,7 @@ class IntegerPrior(nn.Module):
         half, g = divmod(step, n_groups)
         if half not in memo:
             anchors_hat = torch.where(ConditionedCheckerboard.anchors(y_hat), y_hat, torch.zeros_like(y_hat))
+            memo.pop(half - 1, None)  # the first half's prior is done with: its memory back
             memo[half] = self.checkerboard_prior(hyper, anchors_hat, half)
         log_scales, means = memo[half]
         if g == 0:
