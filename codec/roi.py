@@ -25,6 +25,16 @@ DEFAULT_QUALITY = 80  # hp: the region's quality unless the caller gives one
 INSIDE = 128          # vq: a position whose share of region is at least this takes the region's codebook
 
 
+def region_quality(quality: float | None) -> float:
+    """hp: the region's quality, DEFAULT_QUALITY unless given."""
+    return DEFAULT_QUALITY if quality is None else quality
+
+
+def inside(share: np.ndarray) -> np.ndarray:
+    """vq: the positions (bool) that take the region's codebook."""
+    return share >= INSIDE
+
+
 def parse_box(text: str) -> tuple[int, int, int, int]:
     """'x,y,w,h' (pixels) -> a box; ValueError otherwise."""
     try:

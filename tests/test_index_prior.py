@@ -7,6 +7,17 @@ from codec.models import index_prior
 from codec.models.index_prior import IndexPrior
 
 
+def _codebook(k: int, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.nn.functional.normalize(torch.randn(k, dim), dim=-1), torch.arange(k)
+
+
+def _coded(prior, indices, codes, mapping, region=None) -> bytes:
+    """compress's bytes, checked to decompress to the very indices."""
+    data = prior.compress(indices, codes, mapping, region)
+    assert torch.equal(prior.decompress(data, *indices.shape, codes, mapping, region), indices)
+    return data
+
+
 def test_groups_partition_the_map_in_lattice_squared_steps():
     prior = IndexPrior(16, code_dim=4, dim=32, depth=1, heads=2, lattice=3)
     groups = prior.groups(7, 10)
@@ -46,8 +57,7 @@ def test_a_map_of_many_tiles_codes_losslessly_each_tile_on_its_own(monkeypatch):
     prior = IndexPrior(32, code_dim=4, dim=32, depth=1, heads=2).eval()
     codes, identity = _codebook(32)
     indices = torch.randint(32, (35, 37))
-    data = prior.compress(indices, codes, identity)
-    assert torch.equal(prior.decompress(data, 35, 37, codes, identity), indices)
+    data = _coded(prior, indices, codes, identity)
     assert abs(prior.coded_bits(indices[None], codes, identity) * indices.numel() - len(data) * 8) < 0.02 * len(data) * 8
     # Each tile is coded from its own indices only: a map of four copies of one tile costs four
     # times that tile (its own bits, whatever the neighbours).
@@ -57,24 +67,18 @@ def test_a_map_of_many_tiles_codes_losslessly_each_tile_on_its_own(monkeypatch):
     assert len(prior.compress(four, codes, identity)) < 4 * len(prior.compress(tile, codes, identity)) + 4
 
 
-def _codebook(k: int, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.nn.functional.normalize(torch.randn(k, dim), dim=-1), torch.arange(k)
-
-
 def test_index_maps_code_losslessly_with_an_untrained_prior_for_the_main_and_a_clustered_codebook():
     torch.manual_seed(0)
     prior = IndexPrior(64, code_dim=4, dim=32, depth=1, heads=2).eval()
     codes, identity = _codebook(64)
     indices = torch.randint(64, (6, 9))
-    data = prior.compress(indices, codes, identity)
-    assert torch.equal(prior.decompress(data, 6, 9, codes, identity), indices)
+    data = _coded(prior, indices, codes, identity)
     # Nothing learned: about log2(K) bits an index (+ a little for the softmax's unevenness).
     assert len(data) * 8 / indices.numel() < math.log2(64) + 1
     # A clustered codebook of 8: the 64-way prediction is summed onto 8 clusters.
     small, mapping = _codebook(8)[0], torch.arange(64) % 8
     indices = torch.randint(8, (5, 7))
-    data = prior.compress(indices, small, mapping)
-    assert torch.equal(prior.decompress(data, 5, 7, small, mapping), indices)
+    data = _coded(prior, indices, small, mapping)
     assert len(data) * 8 / indices.numel() < math.log2(8) + 1
 
 
@@ -87,8 +91,7 @@ def test_a_region_codes_its_indices_in_a_second_larger_codebook(monkeypatch):
     where = torch.zeros(20, 18, dtype=torch.bool)
     where[3:12, 5:17] = True
     indices = torch.where(where, torch.randint(64, (20, 18)), torch.randint(8, (20, 18)))
-    data = prior.compress(indices, small, mapping, (big, identity, where))
-    assert torch.equal(prior.decompress(data, 20, 18, small, mapping, (big, identity, where)), indices)
+    data = _coded(prior, indices, small, mapping, (big, identity, where))
     # Nothing learned: about log2 64 bits an index inside, log2 8 outside.
     inside, outside = int(where.sum()), int((~where).sum())
     assert inside * 5.5 + outside * 2.5 < len(data) * 8 < inside * 7 + outside * 4

@@ -236,9 +236,7 @@ class ConditionedCheckerboard(nn.Module):
     def search_top(roi: tuple[np.ndarray, float | None] | None) -> float:
         """The highest quality a rate search tries: with a region of interest, the region's (the
         background is never coded better than the region)."""
-        if roi is None:
-            return 100.0
-        return regions.DEFAULT_QUALITY if roi[1] is None else roi[1]
+        return 100.0 if roi is None else regions.region_quality(roi[1])
 
     def operating_point(self, quality: float, codebook: int | None, depth: int | None) -> tuple[float, int, int]:
         """The user's rate knobs -> the header's (quality, codebook, depth)."""
@@ -394,21 +392,12 @@ class ConditionedCheckerboard(nn.Module):
         SYNTHESIS_MARGIN latents around each, cropped away. The margin is wider than the synthesis'
         reach, so tiles join without seams, and memory stays that of one tile whatever the image."""
         _, inv_gain, _, _ = self.gains(level)
-        y = y_hat * inv_gain
-        h, w = y.shape[2:]
-        if h <= tile and w <= tile:
-            return self.synthesis(y, level).clamp(0, 1)
-        s, m = self.stride // 4, self.SYNTHESIS_MARGIN  # pixels a latent; margin in latents
-        out = y.new_empty((y.shape[0], 3, h * s, w * s))
-        for i in range(0, h, tile):
-            for j in range(0, w, tile):
-                i0, j0 = max(i - m, 0), max(j - m, 0)
-                crop = (..., slice(i0, min(i + tile + m, h)), slice(j0, min(j + tile + m, w)))
-                x = self.synthesis(y[crop], level if level.dim() == 1 else level[crop])
-                th, tw = min(tile, h - i), min(tile, w - j)
-                out[..., i * s:(i + th) * s, j * s:(j + tw) * s] = \
-                    x[..., (i - i0) * s:(i - i0 + th) * s, (j - j0) * s:(j - j0 + tw) * s]
-        return out.clamp_(0, 1)
+        y, s = y_hat * inv_gain, self.stride // 4  # pixels a latent
+        if level.dim() == 1:
+            x = tiled(lambda y: self.synthesis(y, level), [y], tile, self.SYNTHESIS_MARGIN, scale=s)
+        else:  # a level map (a region of interest) is cut into the same tiles
+            x = tiled(self.synthesis, [y, level], tile, self.SYNTHESIS_MARGIN, scale=s)
+        return x.clamp_(0, 1)
 
     def z_medians(self) -> torch.Tensor:
         """(1, N, 1, 1): z is coded around each channel's median."""
@@ -509,7 +498,7 @@ class ConditionedCheckerboard(nn.Module):
         codec.roi.DEFAULT_QUALITY): each latent is coded at its own quality between the header's and
         the region's (packets [roi, z, y])."""
         if roi is not None:
-            roi = (roi[0], regions.DEFAULT_QUALITY if roi[1] is None else roi[1])
+            roi = (roi[0], regions.region_quality(roi[1]))
         qualities = None if roi is None else regions.qualities(roi[0], header.quality, roi[1])
         level = self.level_of(header.quality if roi is None else qualities).to(x.device)
         y, z = self.analyse(x, level, features)

@@ -103,10 +103,11 @@ class IntSequential(nn.Module):
 
 
 def tiled(fn, inputs: list[torch.Tensor], tile: int, halo: int, scale: int = 1) -> torch.Tensor:
-    """fn(*inputs) computed tile by tile: inputs (1, C_i, h, w), each tile `tile` positions a side
-    with `halo` more on each side where the map has them, outputs (1, C, scale h, scale w) stitched.
-    Exactly fn(*inputs) for an integer network whose output at a position depends on inputs at most
-    `halo` positions away (integer arithmetic rounds nowhere), in the memory of one tile."""
+    """fn(*inputs) computed tile by tile: inputs (B, C_i, h, w), each tile `tile` positions a side
+    with `halo` more on each side where the map has them, outputs (B, C, scale h, scale w) stitched,
+    in the memory of one tile. Exactly fn(*inputs) for an integer network whose output at a position
+    depends on inputs at most `halo` positions away (integer arithmetic rounds nowhere); a float
+    network (hp's synthesis) gets it to float rounding once the halo covers its reach."""
     h, w = inputs[0].shape[2:]
     if h <= tile and w <= tile:
         return fn(*inputs)

@@ -231,7 +231,7 @@ class VQCodec(nn.Module):
                 raise ValueError(f"a region needs a codebook larger than the background's ({header.codebook} at "
                                  f"depth {header.depth}; the region's would be {k}): pick a lower quality"
                                  + (" or a higher region quality" if header.depth == 1 else ""))
-            inside = torch.from_numpy(roi[0] >= regions.INSIDE).to(maps[0].device)
+            inside = torch.from_numpy(regions.inside(roi[0])).to(maps[0].device)
             region = (self.prior_codes(k), self.codebook(k)[1], inside)
             maps[0] = torch.where(inside, self.autoencoder.quantizer.indices(z, 1, self.codebook(k)[0])[0][0], maps[0])
         packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(),
@@ -244,8 +244,8 @@ class VQCodec(nn.Module):
             packets.append(Packet(PacketKind.INDICES, stage, m.numel(), enc.finish()))
         if roi is None:
             return packets
-        # Only inside / outside matters here: a two-valued map zlib-codes in a fraction of the bytes.
-        return [regions.packet(np.where(roi[0] >= regions.INSIDE, 255, 0).astype(np.uint8), k), *packets]
+        # Only inside / outside matters here: a two-valued map deflates to a fraction of the bytes.
+        return [regions.packet(np.where(regions.inside(roi[0]), 255, 0).astype(np.uint8), k), *packets]
 
     def region_codebook(self, quality: float | None) -> int:
         """The codebook a region of interest is coded with: that of the depth-1 point nearest
@@ -293,7 +293,7 @@ class VQCodec(nn.Module):
             if header.depth != 1 or k not in self.sizes or k <= header.codebook:
                 raise BitstreamError(f"corrupt ROI packet: a region codebook of {k} over {header.codebook} "
                                      f"at depth {header.depth}")
-            region = (k, torch.from_numpy(roi[0] >= regions.INSIDE).to(codes.device))
+            region = (k, torch.from_numpy(regions.inside(roi[0])).to(codes.device))
         layout = [(PacketKind.INDICES, stage, h * w) for stage in range(header.depth)]
         maps = []
         for stage, p in enumerate(expect_packets(packets, layout, conceal)):
