@@ -23,6 +23,7 @@ MAX_RANGE = 1 << 32         # packet first/count fields
 FAMILIES = ("hp", "vq")
 MODES = ("image", "video")
 FLAG_ROI = 1                # header flags: a region of interest (an ROI packet first)
+FLAG_RESILIENT = 2          # independently decodable packets: a lost one costs only its own part
 
 
 class PacketKind(enum.IntEnum):
@@ -46,6 +47,7 @@ class Header:
     version: int = VERSION
     release: tuple[int, int, int] | None = None  # the codec release that wrote the file (None in version 1)
     roi: bool = False       # a region of interest: an ROI packet comes first (flags bit 0)
+    resilient: bool = False  # packets decodable each on its own (flags bit 1; see the model's layout)
 
     @property
     def release_name(self) -> str:
@@ -132,7 +134,7 @@ def header_bytes(h: Header) -> bytes:
     if h.version >= 2 and (h.release is None or len(h.release) != 3 or not all(0 <= v < 256 for v in h.release)):
         raise ValueError("format 2 records the writer's release: three numbers 0..255")
     out = bytearray(MAGIC)
-    out += bytes([h.version, FAMILIES.index(h.family), MODES.index(h.mode), FLAG_ROI if h.roi else 0, len(mid)])
+    out += bytes([h.version, FAMILIES.index(h.family), MODES.index(h.mode), flag_bits(h), len(mid)])
     out += mid + h.weights_hash + (bytes(h.release) if h.version >= 2 else b"")
     _put_varint(out, h.width - 1)
     _put_varint(out, h.height - 1)
@@ -140,6 +142,10 @@ def header_bytes(h: Header) -> bytes:
     _put_varint(out, h.codebook)
     _put_varint(out, h.depth)
     return bytes(out)
+
+
+def flag_bits(h: Header) -> int:
+    return (FLAG_ROI if h.roi else 0) | (FLAG_RESILIENT if h.resilient else 0)
 
 
 def write(c: Container) -> bytes:
@@ -171,7 +177,7 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     if version not in READABLE_VERSIONS:
         raise BitstreamError(f"unsupported format version {version} (this reader knows "
                              f"{', '.join(map(str, READABLE_VERSIONS))}): written by a newer codec release?")
-    if family >= len(FAMILIES) or mode >= len(MODES) or flags & ~FLAG_ROI or (flags and version < 2):
+    if family >= len(FAMILIES) or mode >= len(MODES) or flags & ~(FLAG_ROI | FLAG_RESILIENT) or (flags and version < 2):
         raise BitstreamError("corrupt header: unknown model family, mode or flags")
     if not 1 <= id_len <= MAX_MODEL_ID:
         raise BitstreamError(f"corrupt header: model id length {id_len}")
@@ -193,7 +199,7 @@ def read_header(data: bytes) -> tuple[Header, int, int]:
     if crc != zlib.crc32(data[:r.pos - 4]):
         raise BitstreamError("corrupt header (CRC mismatch)")
     header = Header(FAMILIES[family], model_id, weights_hash, width, height, quality, codebook, depth,
-                    MODES[mode], version, release, bool(flags & FLAG_ROI))
+                    MODES[mode], version, release, bool(flags & FLAG_ROI), bool(flags & FLAG_RESILIENT))
     return header, count, r.pos
 
 
@@ -240,33 +246,37 @@ def expect_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, in
                    conceal: bool = False) -> list[Packet | None]:
     """The packets a model wrote, checked against the layout it writes ((kind, first, count) each, in
     order) -> one packet per slot. Strict: any packet missing, damaged, out of place or extra raises.
-    conceal: such packets give None in their slot (extra ones are dropped), each reported once as a
-    ConcealedWarning."""
-    slots: list[Packet | None] = []
-    problems = []
-    for i, (kind, first, count) in enumerate(layout):
+    conceal: each slot takes the intact packet that names it, wherever it is (a packet cut out of
+    the file moves the rest); a slot with none gives None, and each problem is reported once as a
+    ConcealedWarning (extra packets are dropped)."""
+    names = [f"{kind.name.lower()} packet {i} (covering {first}..{first + count - 1})"
+             for i, (kind, first, count) in enumerate(layout)]
+    if conceal:
+        intact = {}
+        for p in packets:
+            if not p.damaged and p.payload:
+                intact.setdefault((p.kind, p.first, p.count), p)
+        slots = [intact.pop(tuple(slot), None) for slot in layout]
+        problems = [f"the {name} is missing or corrupt" for name, p in zip(names, slots) if p is None]
+        if intact or len(packets) > len(layout):
+            problems.append(f"{max(len(intact), len(packets) - len(layout))} packets more than this model writes")
+        for problem in problems:
+            warnings.warn(ConcealedWarning(problem + "; concealed"), stacklevel=2)
+        return slots
+    for i, (name, slot) in enumerate(zip(names, layout)):
         p = packets[i] if i < len(packets) else None
-        name = f"{kind.name.lower()} packet {i} (covering {first}..{first + count - 1})"
         if p is None:
-            problems.append(f"the {name} is missing")
-        elif p.damaged:
-            problems.append(f"the {name} is corrupt")
-        elif (p.kind, p.first, p.count) != (kind, first, count):
-            problems.append(f"packet {i} should be the {name}, but is a {p.kind.name.lower()} packet covering "
-                            f"{p.first}..{p.first + p.count - 1}")
-        elif not p.payload:
-            problems.append(f"the {name} is empty")
-        else:
-            slots.append(p)
-            continue
-        slots.append(None)
+            raise BitstreamError(f"the {name} is missing")
+        if p.damaged:
+            raise BitstreamError(f"the {name} is corrupt")
+        if (p.kind, p.first, p.count) != tuple(slot):
+            raise BitstreamError(f"packet {i} should be the {name}, but is a {p.kind.name.lower()} packet covering "
+                                 f"{p.first}..{p.first + p.count - 1}")
+        if not p.payload:
+            raise BitstreamError(f"the {name} is empty")
     if len(packets) > len(layout):
-        problems.append(f"{len(packets) - len(layout)} packets more than this model writes")
-    if problems and not conceal:
-        raise BitstreamError(problems[0])
-    for problem in problems:
-        warnings.warn(ConcealedWarning(problem + "; concealed"), stacklevel=2)
-    return slots
+        raise BitstreamError(f"{len(packets) - len(layout)} packets more than this model writes")
+    return list(packets)
 
 
 def describe(data: bytes) -> dict:
@@ -276,6 +286,7 @@ def describe(data: bytes) -> dict:
     return {
         "format_version": h.version, "family": h.family, "model_id": h.model_id,
         "weights_hash": h.weights_hash.hex(), "written_by": h.release_name, "mode": h.mode, "roi": h.roi,
+        "resilient": h.resilient,
         "width": h.width, "height": h.height,
         "quality": h.quality, "codebook": h.codebook, "depth": h.depth, "bytes": len(data),
         "packets": [{"offset": p.offset, "length": p.length, "kind": p.kind.name.lower(),

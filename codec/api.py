@@ -69,7 +69,7 @@ def model_qualities(model: str) -> list[float]:
 def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = None, size: int | None = None,
            codebook: int | None = None, depth: int | None = None, refine: int = 0, device: str = "cpu",
            refine_device: str | None = None, max_pixels: int | None = None, roi=None,
-           roi_quality: float | None = None) -> bytes:
+           roi_quality: float | None = None, resilient: bool = False) -> bytes:
     """Compress an image to the bytes of a .bin file.
 
     With `bpp` or `size` (bytes of the whole file), the quality is searched instead: the highest
@@ -84,7 +84,10 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
     of boxes (x, y, w, h) in pixels, or "auto" (a saliency estimate). hp codes it at `roi_quality`
     (default codec.roi.DEFAULT_QUALITY) while `quality` (or the quality a bpp / size target finds)
     holds for the rest (searched up to the region's with a bpp / size target); vq codes the region with
-    the larger codebook of the point nearest `roi_quality` (default: the main codebook)."""
+    the larger codebook of the point nearest `roi_quality` (default: the main codebook).
+    `resilient`: packets that decode each on its own, so that `decode(..., conceal=True)` mends a lost
+    one from the rest (hp: slices of 128 pixel rows; vq: four interleaved quarters of the index map),
+    at a cost in rate (see the README)."""
     if bpp is not None and size is not None:
         raise ValueError("give at most one of bpp and size")
     model_id = zoo.DEFAULT_MODEL.get(model, model)
@@ -112,7 +115,7 @@ def encode(image, model: str = "hp", quality: float = 50, bpp: float | None = No
                   None if roi_quality is None else _check_quality(roi_quality))
     features = net.prepare(x)  # the same at every rate: computed once for a rate search
 
-    header.roi = region is not None
+    header.roi, header.resilient = region is not None, bool(resilient)
 
     def at(q: float) -> bytes:
         header.quality, header.codebook, header.depth = net.operating_point(_check_quality(q), codebook, depth)

@@ -104,6 +104,7 @@ class ConditionedCheckerboard(nn.Module):
 
     family, arch, stride = "hp", "checkerboard-cond2", 64
     cell = 16  # pixels a side of one latent position
+    SLICE = 8  # latent rows (128 pixels) in each packet of a resilient file
     continuous_quality = True  # any quality in 0..100 is a rate of its own
     # Tables with one row per trained level, interpolated between levels (level_rows).
     GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
@@ -510,8 +511,8 @@ class ConditionedCheckerboard(nn.Module):
             y, z = net.refine(x.to(on), y.to(on), z.to(on), level.to(on), refine, size=(header.height, header.width))
             y, z = y.to(x.device), z.to(x.device)
         if roi is None:
-            return self.code_latents(y, z, header.quality)[0]
-        packets = self.code_latents(y, z, torch.from_numpy(self.hyper_qualities(qualities)))[0]
+            return self.code_latents(y, z, header.quality, header.resilient)[0]
+        packets = self.code_latents(y, z, torch.from_numpy(self.hyper_qualities(qualities)), header.resilient)[0]
         return [regions.packet(roi[0], round(roi[1] * 100)), *packets]
 
     @staticmethod
@@ -522,19 +523,39 @@ class ConditionedCheckerboard(nn.Module):
         return (qualities.reshape(h // 4, 4, w // 4, 4).sum((1, 3)) + 8) // 16
 
     @torch.no_grad()
-    def code_latents(self, y: torch.Tensor, z: torch.Tensor, quality: float) -> tuple[list[Packet], torch.Tensor]:
-        """The gained latents (y, z) of an image -> (packets [z, y], y_hat as the decoder will see it).
+    def code_latents(self, y: torch.Tensor, z: torch.Tensor, quality, resilient: bool = False
+                     ) -> tuple[list[Packet], torch.Tensor]:
+        """The gained latents (y, z) of an image -> (packets, y_hat as the decoder will see it): [z, y],
+        or, resilient, one LATENT packet per SLICE rows of y holding its own z rows (see `slices`).
         Symbols round the float latents around the integer prior's means; the tables they are coded
         with are the integer prior's, so any machine decodes them."""
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
+        if not resilient:
+            z_stream, y_stream = Encoder(), Encoder()
+            y_hat = self._code_slice(y, z, quality, z_stream, y_stream)
+            return [Packet(PacketKind.HYPER, 0, z.shape[1], z_stream.finish()),
+                    Packet(PacketKind.LATENT, 0, y.shape[1], y_stream.finish())], y_hat
+        packets, rows = [], []
+        for r0, r1 in self.slices(y.shape[2]):
+            stream = Encoder()
+            rows.append(self._code_slice(y[:, :, r0:r1], z[:, :, r0 // 4:r1 // 4], _rows(quality, r0, r1), stream, stream))
+            packets.append(Packet(PacketKind.LATENT, r0, r1 - r0, stream.finish()))
+        return packets, torch.cat(rows, 2)
+
+    def slices(self, h: int) -> list[tuple[int, int]]:
+        """A resilient file's packets, as latent rows [r0, r1) of y (and rows r0/4 .. r1/4 of z): every
+        network of the entropy model sees its slice alone, zero-padded at the slice's edges as at the
+        image's, so a lost packet takes nothing from the others (the price: context across slices)."""
+        return [(r0, min(r0 + self.SLICE, h)) for r0 in range(0, h, self.SLICE)]
+
+    def _code_slice(self, y: torch.Tensor, z: torch.Tensor, quality, z_stream, y_stream) -> torch.Tensor:
+        """Code z's symbols into z_stream, then y's pass after pass into y_stream (a pass's prior
+        depends on earlier passes) -> y_hat as the decoder will see it."""
         hyper_tables, latent_tables = self.tables()
         prior = self.integer_prior
         z_symbols = quantize(z, self.z_medians().detach())
-        z_stream = Encoder()
         hyper_tables.encode(z_stream, z_symbols.cpu().numpy(), channel_indexes(tuple(z.shape)))
         hyper = prior.hyper(z_symbols, quality)
-        # One range-coder stream for y, pass after pass: a pass's prior depends on earlier passes.
-        y_stream = Encoder()
         y_hat, memo = torch.zeros(y.shape, dtype=torch.long, device=y.device), {}
         for step, mask in enumerate(self.latent_masks(y)):
             log_scales, means = prior.params(hyper, y_hat, step, memo)
@@ -542,9 +563,7 @@ class ConditionedCheckerboard(nn.Module):
             m = mask.expand_as(y)
             latent_tables.encode(y_stream, symbols[m].cpu().numpy(), prior.indexes(log_scales[m]))
             y_hat = torch.where(m, (symbols << FRAC) + means, y_hat)
-        packets = [Packet(PacketKind.HYPER, 0, z.shape[1], z_stream.finish()),
-                   Packet(PacketKind.LATENT, 0, y.shape[1], y_stream.finish())]
-        return packets, y_hat.float() / (1 << FRAC)
+        return y_hat.float() / (1 << FRAC)
 
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
@@ -579,45 +598,86 @@ class ConditionedCheckerboard(nn.Module):
                ) -> tuple[torch.Tensor, Header, np.ndarray | None]:
         """packets -> (y_hat, header, per-latent qualities or None): reconstruct's arguments. conceal:
         a damaged or missing latent packet decodes as the prior's means, the most likely latent given
-        z; without z there is nothing to predict from, so a lost hyper packet still fails."""
+        z; a resilient file's lost slice (z lost with it) as the latents interpolated between the
+        slices above and below. Without z there is nothing to predict from: a lost hyper packet of a
+        file that is not resilient still fails."""
         if header.codebook or header.depth:
             raise BitstreamError(f"corrupt header: codebook {header.codebook} and depth {header.depth} "
                                  f"for model {header.model_id!r}, which has neither")
         qualities, packets = self.regions(packets, header)
+        h, w = -(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4
+        quality = header.quality if qualities is None else torch.from_numpy(self.hyper_qualities(qualities))
+        from bitstream.coder import Decoder
+        if header.resilient:
+            slices = self.slices(h)
+            slots = expect_packets(packets, [(PacketKind.LATENT, r0, r1 - r0) for r0, r1 in slices], conceal)
+            rows = [None if p is None else self._decode_slice(*[Decoder(p.payload)] * 2, (r1 - r0, w), _rows(quality, r0, r1))
+                    for p, (r0, r1) in zip(slots, slices)]
+            return interpolate_lost(rows, slices, self.M, w), header, qualities
         hyper_packet, latent = expect_packets(packets, [(PacketKind.HYPER, 0, self.N), (PacketKind.LATENT, 0, self.M)],
                                               conceal)
         if hyper_packet is None:
             raise BitstreamError("the hyper-latent packet is missing or corrupt: the image cannot be decoded")
-        from bitstream.coder import Decoder
+        y_hat = self._decode_slice(Decoder(hyper_packet.payload), Decoder(latent.payload) if latent else None, (h, w),
+                                   quality)
+        return y_hat, header, qualities
+
+    def _decode_slice(self, z_stream, y_stream, size: tuple[int, int], quality) -> torch.Tensor:
+        """_code_slice's inverse -> y_hat (1, M, h, w); both streams may be one. y_stream None (a
+        latent packet lost, conceal): the prior's means stand for y."""
         device = self.z_medians().device
-        quality = header.quality
-        h, w = -(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4
+        h, w = size
         hyper_tables, latent_tables = self.tables()
         prior = self.integer_prior
         z_shape = (1, self.N, (h + 3) // 4, (w + 3) // 4)
-        z_stream = Decoder(hyper_packet.payload)
         z_symbols = hyper_tables.decode(z_stream, channel_indexes(z_shape))
-        z_stream.end()
-        if qualities is not None:
-            quality = torch.from_numpy(self.hyper_qualities(qualities))
+        if y_stream is not z_stream:
+            z_stream.end()
         hyper = prior.hyper(torch.from_numpy(z_symbols).view(z_shape).to(device), quality)
         if hyper.shape[2:] != (h, w):
             raise BitstreamError("latent size does not match the image size in the header")
         y_hat = torch.zeros((1, self.M, h, w), dtype=torch.long, device=device)
-        stream = Decoder(latent.payload) if latent else None
         memo = {}
         for step, mask in enumerate(self.latent_masks(y_hat)):
             log_scales, means = prior.params(hyper, y_hat, step, memo)
             m = mask.expand_as(y_hat)
-            if stream is None:
+            if y_stream is None:
                 y_hat = torch.where(m, means, y_hat)
                 continue
             symbols = torch.zeros(y_hat.shape, dtype=torch.long, device=device)
-            symbols[m] = torch.from_numpy(latent_tables.decode(stream, prior.indexes(log_scales[m]))).long().to(device)
+            symbols[m] = torch.from_numpy(latent_tables.decode(y_stream, prior.indexes(log_scales[m]))).long().to(device)
             y_hat = torch.where(m, (symbols << FRAC) + means, y_hat)
-        if stream is not None:
-            stream.end()
-        return y_hat.float() / (1 << FRAC), header, qualities
+        if y_stream is not None:
+            y_stream.end()
+        return y_hat.float() / (1 << FRAC)
+
+
+def _rows(quality, r0: int, r1: int):
+    """A quality (a number, or a map per hyper-latent) for latent rows r0..r1."""
+    return quality[r0 // 4:r1 // 4] if isinstance(quality, torch.Tensor) else quality
+
+
+def interpolate_lost(rows: list[torch.Tensor | None], slices: list[tuple[int, int]], channels: int, w: int
+                     ) -> torch.Tensor:
+    """Slices of y_hat (None where lost) and their rows -> the whole y_hat (1, C, h, w): a lost row
+    linearly interpolated between the nearest rows received above and below (copied when only one
+    side was; zeros, the latents' centre, when nothing was)."""
+    device = next((r.device for r in rows if r is not None), "cpu")
+    y_hat = torch.zeros((1, channels, slices[-1][1], w), device=device)
+    received = torch.zeros(slices[-1][1], dtype=torch.bool)
+    for r, (r0, r1) in zip(rows, slices):
+        if r is not None:
+            y_hat[:, :, r0:r1], received[r0:r1] = r, True
+    known = received.nonzero().flatten().tolist()
+    for i in (~received).nonzero().flatten().tolist() if known else []:
+        above = max((k for k in known if k < i), default=None)
+        below = min((k for k in known if k > i), default=None)
+        if above is None or below is None:
+            y_hat[:, :, i] = y_hat[:, :, above if below is None else below]
+        else:
+            t = (i - above) / (below - above)
+            y_hat[:, :, i] = (1 - t) * y_hat[:, :, above] + t * y_hat[:, :, below]
+    return y_hat
 
 
 class IntegerPrior(nn.Module):

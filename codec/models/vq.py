@@ -234,14 +234,19 @@ class VQCodec(nn.Module):
             inside = torch.from_numpy(regions.inside(roi[0])).to(maps[0].device)
             region = (self.prior_codes(k), self.codebook(k)[1], inside)
             maps[0] = torch.where(inside, self.autoencoder.quantizer.indices(z, 1, self.codebook(k)[0])[0][0], maps[0])
-        packets = [Packet(PacketKind.INDICES, 0, maps[0].numel(),
-                          self.prior.compress(maps[0], self.prior_codes(header.codebook), mapping, region))]
         from bitstream.coder import Encoder  # here: a training machine may lack the coder's build
-        for stage, m in enumerate(maps[1:], start=1):
-            symbols = m.flatten().cpu().numpy()
-            enc = Encoder()
-            static_table(self.residual_counts(stage)).encode(enc, symbols, np.zeros_like(symbols))
-            packets.append(Packet(PacketKind.INDICES, stage, m.numel(), enc.finish()))
+        packets = []
+        for first, stage, rows, cols in self.parts(*maps[0].shape, header.depth, header.resilient):
+            part = maps[stage][rows, cols].contiguous()
+            if stage == 0:
+                second = None if region is None else (*region[:2], region[2][rows, cols])
+                payload = self.prior.compress(part, self.prior_codes(header.codebook), mapping, second)
+            else:
+                enc = Encoder()
+                symbols = part.flatten().cpu().numpy()
+                static_table(self.residual_counts(stage)).encode(enc, symbols, np.zeros_like(symbols))
+                payload = enc.finish()
+            packets.append(Packet(PacketKind.INDICES, first, part.numel(), payload))
         if roi is None:
             return packets
         # Only inside / outside matters here: a two-valued map deflates to a fraction of the bytes.
@@ -253,9 +258,20 @@ class VQCodec(nn.Module):
         sizes = [k for k, d in self.points if d == 1]
         return sizes[-1] if quality is None else sizes[round(quality / 100 * (len(sizes) - 1))]
 
+    @staticmethod
+    def parts(h: int, w: int, depth: int, resilient: bool) -> list[tuple[int, int, slice, slice]]:
+        """The INDICES packets of an h x w index map, in file order: (the packet's `first` field, the
+        quantizer stage, rows, columns). One packet per stage; resilient, one per stage and quarter
+        of the map, the positions (2i + a, 2j + b) (first = 4 stage + 2a + b), each coded as a map of
+        its own: a lost quarter leaves every lost index with received neighbours all around."""
+        if not resilient:
+            return [(stage, stage, slice(None), slice(None)) for stage in range(depth)]
+        return [(4 * stage + 2 * a + b, stage, slice(a, None, 2), slice(b, None, 2))
+                for stage in range(depth) for a in (0, 1) for b in (0, 1) if a < h and b < w]
+
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
-        """packets -> x_hat (1, 3, H, W), padded to the stride. Every stage's packet is needed."""
+        """packets -> x_hat (1, 3, H, W), padded to the stride."""
         return self.reconstruct(*self.decode(packets, header, conceal))
 
     @torch.no_grad()
@@ -274,7 +290,9 @@ class VQCodec(nn.Module):
     def decode(self, packets: list[Packet], header: Header, conceal: bool = False
                ) -> tuple[torch.Tensor, Header, tuple[int, torch.Tensor] | None]:
         """packets -> (index maps, header, region or None): reconstruct's arguments. A region's
-        stage-1 indices are into its own codebook; its ROI packet is needed to decode them."""
+        stage-1 indices are into its own codebook; its ROI packet is needed to decode them. conceal:
+        the indices of damaged or missing packets are restored by the index prior from those received
+        (IndexPrior.recover; a resilient file keeps received indices around every lost one)."""
         if (header.codebook, header.depth) not in self.points:
             raise BitstreamError(f"the header asks for codebook {header.codebook} at depth {header.depth}, "
                                  f"which model {header.model_id!r} does not have")
@@ -294,19 +312,25 @@ class VQCodec(nn.Module):
                 raise BitstreamError(f"corrupt ROI packet: a region codebook of {k} over {header.codebook} "
                                      f"at depth {header.depth}")
             region = (k, torch.from_numpy(regions.inside(roi[0])).to(codes.device))
-        layout = [(PacketKind.INDICES, stage, h * w) for stage in range(header.depth)]
-        maps = []
-        for stage, p in enumerate(expect_packets(packets, layout, conceal)):
+        parts = self.parts(h, w, header.depth, header.resilient)
+        maps = torch.zeros((header.depth, h, w), dtype=torch.long, device=codes.device)
+        received = torch.ones_like(maps, dtype=torch.bool)
+        second = None if region is None else (self.prior_codes(region[0]), self.codebook(region[0])[1], region[1])
+        layout = [(PacketKind.INDICES, first, maps[stage, rows, cols].numel()) for first, stage, rows, cols in parts]
+        for (_, stage, rows, cols), p in zip(parts, expect_packets(packets, layout, conceal)):
+            part = maps[stage, rows, cols]
             if p is None:
-                raise BitstreamError(f"the index packet of quantizer stage {stage + 1} is missing or corrupt, "
-                                     "and the vq family cannot conceal a lost packet")
-            if stage == 0:
-                second = None if region is None else (self.prior_codes(region[0]), self.codebook(region[0])[1], region[1])
-                maps.append(self.prior.decompress(p.payload, h, w, self.prior_codes(header.codebook), mapping, second))
-                continue
-            table = static_table(self.residual_counts(stage))
-            stream = Decoder(p.payload)
-            symbols = table.decode(stream, np.zeros(h * w, np.int32))
-            stream.end()
-            maps.append(torch.from_numpy(symbols).long().view(h, w).to(codes.device))
-        return torch.stack(maps), header, region
+                received[stage, rows, cols] = False
+            elif stage == 0:
+                maps[stage, rows, cols] = self.prior.decompress(p.payload, *part.shape, self.prior_codes(header.codebook),
+                                                                mapping, None if second is None else (*second[:2], second[2][rows, cols]))
+            else:
+                stream = Decoder(p.payload)
+                symbols = static_table(self.residual_counts(stage)).decode(stream, np.zeros(part.numel(), np.int32))
+                stream.end()
+                maps[stage, rows, cols] = torch.from_numpy(symbols).long().view(part.shape).to(codes.device)
+        if not received[0].all():  # conceal: the prior restores the lost stage-1 indices from the rest
+            maps[0] = self.prior.recover(maps[0], received[0], self.prior_codes(header.codebook), mapping, second)
+        for stage in range(1, header.depth):  # a lost residual index: the stage's most frequent one
+            maps[stage][~received[stage]] = int(np.argmax(self.residual_counts(stage)))
+        return maps, header, region

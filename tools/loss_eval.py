@@ -1,0 +1,240 @@
+"""Packet loss: every image is coded as a resilient file (`resilient=True`, `--resilient`), then
+packets are cut out of the file (each one lost with probability --loss, independently, or in bursts
+of consecutive packets with the same mean rate) and what is left is decoded with conceal=True, the
+path `codec decode --conceal` takes. The header is taken as received (in a stream it travels once,
+out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and HaarPSI of
+
+* lossless: the file decoded whole;
+* recovered: the codec's concealment (vq: IndexPrior.recover; hp: lost slices interpolated);
+* naive fills of the same lost positions: vq the most frequent received index, and the nearest
+  received index; hp the latents' centre, zero.
+
+    python tools/loss_eval.py --dataset .data/kodak --out results/loss [--losses 0,5,10,20,30]
+        [--trials 4] [--burst] [--workers 8] [--hp-quality 50 --vq-quality 50] [--picture kodim23.png]
+
+Writes <out>/loss.json (every decode), <out>/loss.md (the table), <out>/loss.png (PSNR against
+loss) and, with --picture, <out>/loss-vq.jpg: lossless | naive | recovered with one packet in four lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bitstream  # noqa: E402
+import codec  # noqa: E402
+from bitstream.container import ConcealedWarning  # noqa: E402
+from codec.api import model_of, to_rgb  # noqa: E402
+from codec.io import load_image  # noqa: E402
+from codec.metrics import haarpsi, ms_ssim, psnr  # noqa: E402
+
+FAMILIES = ("hp", "vq")
+METHODS = {"hp": ("recovered", "zeros"), "vq": ("recovered", "most frequent", "nearest")}
+BURST = 2.0  # mean length of a burst of lost packets (--burst)
+
+
+def lost_packets(n: int, loss: float, rng: np.random.Generator, burst: bool) -> list[int]:
+    """Which of n packets are lost: each with probability `loss`, or (burst) a two-state Gilbert
+    chain whose bursts last BURST packets on average and whose stationary loss rate is `loss`."""
+    if not burst:
+        return [i for i in range(n) if rng.random() < loss]
+    if loss <= 0:
+        return []
+    leave = 1 / BURST                       # P(lost -> received)
+    enter = min(1.0, loss * leave / (1 - loss))  # P(received -> lost), for a stationary rate `loss`
+    lost, state = [], rng.random() < loss
+    for i in range(n):
+        if state:
+            lost.append(i)
+        state = rng.random() >= leave if state else rng.random() < enter
+    return lost
+
+
+def cut(data: bytes, lost: list[int]) -> bytes:
+    """The file with the bytes of the lost packets cut out (the header still counts them)."""
+    packets = bitstream.describe(data)["packets"]
+    keep, pos = [], 0
+    for i in sorted(lost):
+        keep.append(data[pos:packets[i]["offset"]])
+        pos = packets[i]["offset"] + packets[i]["length"]
+    return b"".join(keep) + data[pos:]
+
+
+def nearest_fill(maps: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    """Each lost index (h, w) takes that of a received neighbour (left, up, right, down, then the
+    diagonals), ring by ring until none is left."""
+    out, have = maps.clone(), received.clone()
+    shifts = [(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)]
+    while not have.all() and have.any():
+        for dy, dx in shifts:
+            src, ok = torch.roll(out, (dy, dx), (0, 1)), torch.roll(have, (dy, dx), (0, 1))
+            if dy:  # no wrapping around the map's edges
+                ok[0 if dy > 0 else -1] = False
+            if dx:
+                ok[:, 0 if dx > 0 else -1] = False
+            take = ok & ~have
+            out[take], have = src[take], have | take
+    return out
+
+
+def lost_mask(net, header, shape, lost_fields: list[int]) -> torch.Tensor:
+    """The stage-1 positions (vq) or latent rows (hp) of the lost packets, from their `first` fields."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    if net.family == "vq":
+        for first, stage, rows, cols in net.parts(*shape, header.depth, True):
+            if first in lost_fields and stage == 0:
+                mask[rows, cols] = True
+    else:
+        for first, count in lost_fields:
+            mask[first:first + count] = True
+    return mask
+
+
+def decodes(net, data: bytes, lost: list[int]) -> dict[str, np.ndarray]:
+    """The damaged file's decodes, one per method, as (H, W, 3) uint8."""
+    packets = bitstream.describe(data)["packets"]
+    damaged = cut(data, lost)
+    container = bitstream.read(damaged, strict=False)
+    header = container.header
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConcealedWarning)
+        latents, _, extra = net.decode(container.packets, header, conceal=True)
+    out = {"recovered": latents}
+    if net.family == "vq":
+        lost_here = lost_mask(net, header, latents.shape[1:], [packets[i]["first"] for i in lost])
+        received = ~lost_here
+        frequent = latents[0][received].mode().values if received.any() else torch.tensor(0)
+        out["most frequent"] = latents.clone()
+        out["most frequent"][0][lost_here] = frequent
+        out["nearest"] = latents.clone()
+        out["nearest"][0] = nearest_fill(latents[0], received)
+    else:
+        rows = lost_mask(net, header, latents.shape[2], [(packets[i]["first"], packets[i]["count"]) for i in lost])
+        out["zeros"] = latents.clone()
+        out["zeros"][:, :, rows] = 0
+    return {name: to_rgb(net.reconstruct(v, header, extra), header.height, header.width) for name, v in out.items()}
+
+
+def scores(rgb: np.ndarray, out: np.ndarray) -> dict:
+    return {"psnr": round(psnr(rgb, out), 3), "msssim": round(ms_ssim(rgb, out), 4), "haarpsi": round(haarpsi(rgb, out), 4)}
+
+
+def image_job(args) -> list[dict]:
+    """Every (family, loss, trial) of one image -> rows of the results."""
+    path, families, qualities, losses, trials, burst, seed = args
+    torch.set_num_threads(1)
+    rgb = load_image(path)
+    rows = []
+    for family in families:
+        data = codec.encode(rgb, model=family, quality=qualities[family], resilient=True)
+        plain = len(codec.encode(rgb, model=family, quality=qualities[family]))  # what resilience costs
+        net = model_of(bitstream.read(data).header)
+        n = len(bitstream.describe(data)["packets"])
+        lossless = scores(rgb, np.asarray(codec.decode(data)))
+        for loss in losses:
+            for trial in range(trials if loss else 1):
+                rng = np.random.default_rng([seed, int(loss * 1000), trial, sum(map(ord, Path(path).name))])
+                lost = lost_packets(n, loss, rng, burst)
+                row = {"image": Path(path).name, "family": family, "bytes": len(data), "plain_bytes": plain, "packets": n, "loss": loss,
+                       "trial": trial, "lost": lost, "lossless": lossless}
+                if lost:
+                    row.update({name: scores(rgb, out) for name, out in decodes(net, data, lost).items()})
+                else:
+                    row.update({name: lossless for name in METHODS[family]})
+                rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], losses: list[float]) -> str:
+    lines = ["| family (rate cost) | loss | packets lost | method | PSNR (dB) | vs lossless | MS-SSIM | vs lossless | HaarPSI |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for family in FAMILIES:
+        for loss in losses:
+            sel = [r for r in rows if r["family"] == family and r["loss"] == loss]
+            if not sel:
+                continue
+            share = sum(len(r["lost"]) for r in sel) / sum(r["packets"] for r in sel)
+            cost = sum(r["bytes"] for r in sel) / sum(r["plain_bytes"] for r in sel) - 1
+            base = {m: np.mean([r["lossless"][m] for r in sel]) for m in ("psnr", "msssim")}
+            for method in METHODS[family]:
+                mean = {m: np.mean([r[method][m] for r in sel]) for m in ("psnr", "msssim", "haarpsi")}
+                lines.append(f"| {family} ({cost:+.1%}) | {loss:.0%} | {share:.1%} | {method} | {mean['psnr']:.2f} | "
+                             f"{mean['psnr'] - base['psnr']:+.2f} | {mean['msssim']:.4f} | "
+                             f"{mean['msssim'] - base['msssim']:+.4f} | {mean['haarpsi']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], losses: list[float], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, family in zip(axes, FAMILIES):
+        for method in METHODS[family]:
+            ys = [np.mean([r[method]["psnr"] for r in rows if r["family"] == family and r["loss"] == loss]) for loss in losses]
+            ax.plot([100 * v for v in losses], ys, marker="o", label=method)
+        ax.set(title=f"{family}", xlabel="packets lost (%)", ylabel="PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def picture(path: str, quality: float, out: Path) -> None:
+    """lossless | naive (nearest) | recovered, vq with its first packet (a quarter of the indices) lost."""
+    from PIL import Image
+    rgb = load_image(path)
+    data = codec.encode(rgb, model="vq", quality=quality, resilient=True)
+    net = model_of(bitstream.read(data).header)
+    d = decodes(net, data, [0])
+    panels = [np.asarray(codec.decode(data)), d["nearest"], d["recovered"]]
+    Image.fromarray(np.concatenate(panels, 1)).save(out, quality=88)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default=".data/kodak")
+    ap.add_argument("--out", default="results/loss")
+    ap.add_argument("--losses", default="0,5,10,20,30", help="packet loss rates in per cent")
+    ap.add_argument("--trials", type=int, default=4, help="loss patterns per image and rate")
+    ap.add_argument("--burst", action="store_true", help="lose packets in bursts (mean length 2)")
+    ap.add_argument("--families", default="hp,vq")
+    ap.add_argument("--hp-quality", type=float, default=50)
+    ap.add_argument("--vq-quality", type=float, default=50)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N images")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--picture", help="an image of the dataset for the side-by-side picture")
+    args = ap.parse_args(argv)
+    images = sorted(Path(args.dataset).glob("*.png"))[:args.limit or None]
+    losses = [float(v) / 100 for v in args.losses.split(",")]
+    families = args.families.split(",")
+    qualities = {"hp": args.hp_quality, "vq": args.vq_quality}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(p), families, qualities, losses, args.trials, args.burst, args.seed) for p in images]
+    rows = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        for i, image_rows in enumerate(pool.map(image_job, jobs), 1):
+            rows += image_rows
+            print(f"[{i}/{len(jobs)}] {image_rows[0]['image']}", file=sys.stderr, flush=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("workers",)}
+    (out / "loss.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    (out / "loss.md").write_text(table(rows, losses))
+    plot([r for r in rows if r["family"] in FAMILIES], losses, out / "loss.png")
+    print(table(rows, losses))
+    if args.picture:
+        picture(str(Path(args.dataset) / args.picture), args.vq_quality, out / "loss-vq.jpg")
+
+
+if __name__ == "__main__":
+    main()
