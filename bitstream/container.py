@@ -242,29 +242,42 @@ def read(data: bytes, strict: bool = True) -> Container:
     return Container(header, packets)
 
 
+def match_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, int]]
+                  ) -> tuple[list[Packet | None], list[str]]:
+    """Each slot of a layout ((kind, first, count) each) -> the intact packet that names it, wherever
+    it is in the file (a packet cut out of a file moves the rest), or None; and the problems found,
+    one line each."""
+    intact: dict[tuple, Packet] = {}
+    for p in packets:
+        if not p.damaged and p.payload:
+            intact.setdefault((p.kind, p.first, p.count), p)
+    slots = [intact.pop(tuple(slot), None) for slot in layout]
+    problems = [f"the {_slot_name(i, slot)} is missing or corrupt" for i, (slot, p) in enumerate(zip(layout, slots))
+                if p is None]
+    extra = max(len(intact), len(packets) - len(layout))
+    if extra:
+        problems.append(f"{extra} packets more than this model writes")
+    return slots, problems
+
+
+def _slot_name(i: int, slot: tuple[PacketKind, int, int]) -> str:
+    kind, first, count = slot
+    return f"{kind.name.lower()} packet {i} (covering {first}..{first + count - 1})"
+
+
 def expect_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, int]],
                    conceal: bool = False) -> list[Packet | None]:
     """The packets a model wrote, checked against the layout it writes ((kind, first, count) each, in
     order) -> one packet per slot. Strict: any packet missing, damaged, out of place or extra raises.
-    conceal: each slot takes the intact packet that names it, wherever it is (a packet cut out of
-    the file moves the rest); a slot with none gives None, and each problem is reported once as a
-    ConcealedWarning (extra packets are dropped)."""
-    names = [f"{kind.name.lower()} packet {i} (covering {first}..{first + count - 1})"
-             for i, (kind, first, count) in enumerate(layout)]
+    conceal: as match_packets, each problem reported once as a ConcealedWarning."""
     if conceal:
-        intact = {}
-        for p in packets:
-            if not p.damaged and p.payload:
-                intact.setdefault((p.kind, p.first, p.count), p)
-        slots = [intact.pop(tuple(slot), None) for slot in layout]
-        problems = [f"the {name} is missing or corrupt" for name, p in zip(names, slots) if p is None]
-        if intact or len(packets) > len(layout):
-            problems.append(f"{max(len(intact), len(packets) - len(layout))} packets more than this model writes")
+        slots, problems = match_packets(packets, layout)
         for problem in problems:
             warnings.warn(ConcealedWarning(problem + "; concealed"), stacklevel=2)
         return slots
-    for i, (name, slot) in enumerate(zip(names, layout)):
+    for i, slot in enumerate(layout):
         p = packets[i] if i < len(packets) else None
+        name = _slot_name(i, slot)
         if p is None:
             raise BitstreamError(f"the {name} is missing")
         if p.damaged:

@@ -9,6 +9,7 @@ raise ValueError.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import bitstream
-from bitstream import BitstreamError, Container, Header
+from bitstream import BitstreamError, Container, Header, PacketKind
+from bitstream.container import ConcealedWarning, match_packets
 from codec import __version__, zoo
 from codec import roi as regions
 from codec.io import ImageReadError, load_image
@@ -186,7 +188,10 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixe
     conceal: damaged or missing packets are replaced by the prior's prediction where the model can
     predict them, instead of failing, each reported as a bitstream.ConcealedWarning. max_pixels: a
     file whose header claims a larger image is refused before any decoding (default MAX_PIXELS)."""
-    container = bitstream.read(data, strict=not conceal)
+    try:
+        container = bitstream.read(data, strict=not conceal)
+    except BitstreamError as e:
+        raise BitstreamError(f"{e}{damaged_packets(data)}") from None
     header = container.header
     if header.version < 2:
         raise BitstreamError(f"this file was written by {header.release_name} in format {header.version}, whose "
@@ -200,6 +205,25 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixe
                              "pixels (max_pixels, --max-pixels)")
     net = model_of(header, device)
     return to_rgb(net.decompress(container.packets, header, conceal), header.height, header.width)
+
+
+def damaged_packets(data: bytes) -> str:
+    """For a file a strict read refused: ", " and the packets it lacks or holds damaged, each named as
+    the model that wrote it lays them out (what --conceal would go past); "" when that says nothing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConcealedWarning)
+            container = bitstream.read(data, strict=False)
+        header = container.header
+        net = model_of(header)
+    except BitstreamError:
+        return ""
+    layout = net.layout(header)
+    if header.roi:
+        grid = [-(-n // net.stride) * net.stride // net.cell for n in (header.height, header.width)]
+        layout = [(PacketKind.ROI, 0, grid[0] * grid[1]), *layout]
+    problems = match_packets(container.packets, layout)[1]
+    return f"; {'; '.join(problems)} (decode with conceal, --conceal, to go past them)" if problems else ""
 
 
 def model_of(header: Header, device: str = "cpu"):

@@ -1,6 +1,6 @@
 """Packet loss: every image is coded as a resilient file (`resilient=True`, `--resilient`), then
-packets are cut out of the file (each one lost with probability --loss, independently, or in bursts
-of consecutive packets with the same mean rate) and what is left is decoded with conceal=True, the
+packets are cut out of the file (that share of each image's packets over its trials, drawn at random,
+or in bursts of consecutive packets with the same mean rate) and what is left is decoded with conceal=True, the
 path `codec decode --conceal` takes. The header is taken as received (in a stream it travels once,
 out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and HaarPSI of
 
@@ -10,7 +10,7 @@ out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and
   received index; hp the latents' centre, zero.
 
     python tools/loss_eval.py --dataset .data/kodak --out results/loss [--losses 0,5,10,20,30]
-        [--trials 4] [--burst] [--workers 8] [--hp-quality 50 --vq-quality 50] [--picture kodim23.png]
+        [--trials 5] [--burst] [--workers 8] [--hp-quality 50 --vq-quality 50] [--picture kodim23.png]
 
 Writes <out>/loss.json (every decode), <out>/loss.md (the table), <out>/loss.png (PSNR against
 loss) and, with --picture, <out>/loss-vq.jpg: lossless | naive | recovered with one packet in four lost.
@@ -42,21 +42,27 @@ METHODS = {"hp": ("recovered", "zeros"), "vq": ("recovered", "most frequent", "n
 BURST = 2.0  # mean length of a burst of lost packets (--burst)
 
 
-def lost_packets(n: int, loss: float, rng: np.random.Generator, burst: bool) -> list[int]:
-    """Which of n packets are lost: each with probability `loss`, or (burst) a two-state Gilbert
-    chain whose bursts last BURST packets on average and whose stationary loss rate is `loss`."""
+def loss_patterns(n: int, trials: int, loss: float, rng: np.random.Generator, burst: bool) -> list[list[int]]:
+    """Which of n packets each trial loses. Random: exactly round(loss * n * trials) of the trials'
+    packets, drawn without replacement (so that few packets an image still give the rate asked for);
+    burst: a two-state Gilbert chain per trial whose bursts last BURST packets on average and whose
+    stationary loss rate is `loss`."""
     if not burst:
-        return [i for i in range(n) if rng.random() < loss]
+        chosen = rng.permutation(n * trials)[:round(loss * n * trials)]
+        return [sorted(int(c % n) for c in chosen if c // n == t) for t in range(trials)]
     if loss <= 0:
-        return []
-    leave = 1 / BURST                       # P(lost -> received)
+        return [[] for _ in range(trials)]
+    leave = 1 / BURST                            # P(lost -> received)
     enter = min(1.0, loss * leave / (1 - loss))  # P(received -> lost), for a stationary rate `loss`
-    lost, state = [], rng.random() < loss
-    for i in range(n):
-        if state:
-            lost.append(i)
-        state = rng.random() >= leave if state else rng.random() < enter
-    return lost
+    patterns = []
+    for _ in range(trials):
+        lost, state = [], rng.random() < loss
+        for i in range(n):
+            if state:
+                lost.append(i)
+            state = rng.random() >= leave if state else rng.random() < enter
+        patterns.append(lost)
+    return patterns
 
 
 def cut(data: bytes, lost: list[int]) -> bytes:
@@ -141,9 +147,8 @@ def image_job(args) -> list[dict]:
         n = len(bitstream.describe(data)["packets"])
         lossless = scores(rgb, np.asarray(codec.decode(data)))
         for loss in losses:
-            for trial in range(trials if loss else 1):
-                rng = np.random.default_rng([seed, int(loss * 1000), trial, sum(map(ord, Path(path).name))])
-                lost = lost_packets(n, loss, rng, burst)
+            rng = np.random.default_rng([seed, int(loss * 1000), sum(map(ord, Path(path).name))])
+            for trial, lost in enumerate(loss_patterns(n, trials if loss else 1, loss, rng, burst)):
                 row = {"image": Path(path).name, "family": family, "bytes": len(data), "plain_bytes": plain, "packets": n, "loss": loss,
                        "trial": trial, "lost": lost, "lossless": lossless}
                 if lost:
@@ -191,13 +196,18 @@ def plot(rows: list[dict], losses: list[float], path: Path) -> None:
 
 def picture(path: str, quality: float, out: Path) -> None:
     """lossless | naive (nearest) | recovered, vq with its first packet (a quarter of the indices) lost."""
-    from PIL import Image
+    from PIL import Image, ImageDraw, ImageFont
     rgb = load_image(path)
     data = codec.encode(rgb, model="vq", quality=quality, resilient=True)
     net = model_of(bitstream.read(data).header)
     d = decodes(net, data, [0])
     panels = [np.asarray(codec.decode(data)), d["nearest"], d["recovered"]]
-    Image.fromarray(np.concatenate(panels, 1)).save(out, quality=88)
+    image = Image.fromarray(np.concatenate(panels, 1))
+    draw = ImageDraw.Draw(image)
+    for i, label in enumerate(("lossless", "nearest received index", "recovered by the index prior")):
+        draw.text((i * rgb.shape[1] + 8, 6), label, fill="white", stroke_width=2, stroke_fill="black",
+                  font=ImageFont.load_default(20))
+    image.save(out, quality=88)
 
 
 def main(argv=None) -> None:
@@ -205,7 +215,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default=".data/kodak")
     ap.add_argument("--out", default="results/loss")
     ap.add_argument("--losses", default="0,5,10,20,30", help="packet loss rates in per cent")
-    ap.add_argument("--trials", type=int, default=4, help="loss patterns per image and rate")
+    ap.add_argument("--trials", type=int, default=5, help="loss patterns per image and rate")
     ap.add_argument("--burst", action="store_true", help="lose packets in bursts (mean length 2)")
     ap.add_argument("--families", default="hp,vq")
     ap.add_argument("--hp-quality", type=float, default=50)

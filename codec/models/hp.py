@@ -548,6 +548,13 @@ class ConditionedCheckerboard(nn.Module):
         image's, so a lost packet takes nothing from the others (the price: context across slices)."""
         return [(r0, min(r0 + self.SLICE, h)) for r0 in range(0, h, self.SLICE)]
 
+    def layout(self, header: Header) -> list[tuple[PacketKind, int, int]]:
+        """The packets a file holds after any ROI packet, (kind, first, count) each: [z, y], or,
+        resilient, one per slice."""
+        if header.resilient:
+            return [(PacketKind.LATENT, r0, r1 - r0) for r0, r1 in self.slices(-(-header.height // self.stride) * 4)]
+        return [(PacketKind.HYPER, 0, self.N), (PacketKind.LATENT, 0, self.M)]
+
     def _code_slice(self, y: torch.Tensor, z: torch.Tensor, quality, z_stream, y_stream) -> torch.Tensor:
         """Code z's symbols into z_stream, then y's pass after pass into y_stream (a pass's prior
         depends on earlier passes) -> y_hat as the decoder will see it."""
@@ -610,12 +617,11 @@ class ConditionedCheckerboard(nn.Module):
         from bitstream.coder import Decoder
         if header.resilient:
             slices = self.slices(h)
-            slots = expect_packets(packets, [(PacketKind.LATENT, r0, r1 - r0) for r0, r1 in slices], conceal)
+            slots = expect_packets(packets, self.layout(header), conceal)
             rows = [None if p is None else self._decode_slice(*[Decoder(p.payload)] * 2, (r1 - r0, w), _rows(quality, r0, r1))
                     for p, (r0, r1) in zip(slots, slices)]
             return interpolate_lost(rows, slices, self.M, w), header, qualities
-        hyper_packet, latent = expect_packets(packets, [(PacketKind.HYPER, 0, self.N), (PacketKind.LATENT, 0, self.M)],
-                                              conceal)
+        hyper_packet, latent = expect_packets(packets, self.layout(header), conceal)
         if hyper_packet is None:
             raise BitstreamError("the hyper-latent packet is missing or corrupt: the image cannot be decoded")
         y_hat = self._decode_slice(Decoder(hyper_packet.payload), Decoder(latent.payload) if latent else None, (h, w),

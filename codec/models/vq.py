@@ -269,6 +269,12 @@ class VQCodec(nn.Module):
         return [(4 * stage + 2 * a + b, stage, slice(a, None, 2), slice(b, None, 2))
                 for stage in range(depth) for a in (0, 1) for b in (0, 1) if a < h and b < w]
 
+    def layout(self, header: Header) -> list[tuple[PacketKind, int, int]]:
+        """The packets a file holds after any ROI packet, (kind, first, count) each (see `parts`)."""
+        h, w = -(-header.height // self.stride), -(-header.width // self.stride)
+        return [(PacketKind.INDICES, first, len(range(h)[rows]) * len(range(w)[cols]))
+                for first, _, rows, cols in self.parts(h, w, header.depth, header.resilient)]
+
     @torch.no_grad()
     def decompress(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> x_hat (1, 3, H, W), padded to the stride."""
@@ -316,8 +322,7 @@ class VQCodec(nn.Module):
         maps = torch.zeros((header.depth, h, w), dtype=torch.long, device=codes.device)
         received = torch.ones_like(maps, dtype=torch.bool)
         second = None if region is None else (self.prior_codes(region[0]), self.codebook(region[0])[1], region[1])
-        layout = [(PacketKind.INDICES, first, maps[stage, rows, cols].numel()) for first, stage, rows, cols in parts]
-        for (_, stage, rows, cols), p in zip(parts, expect_packets(packets, layout, conceal)):
+        for (_, stage, rows, cols), p in zip(parts, expect_packets(packets, self.layout(header), conceal)):
             part = maps[stage, rows, cols]
             if p is None:
                 received[stage, rows, cols] = False
