@@ -93,10 +93,14 @@ def test_recover_is_deterministic_and_handles_a_second_codebook():
     indices[where] = torch.randint(16, (int(where.sum()),))
     known = torch.rand(20, 18) > 0.4
     region = (big, torch.arange(16), where)
-    a = prior.recover(indices, known, codes, mapping, region)
-    assert torch.equal(a, prior.recover(indices, known, codes, mapping, region))
-    assert torch.equal(a[known], indices[known])
+    a, means = prior.recover(indices, known, codes, mapping, [codes, big], region)
+    b, again = prior.recover(indices, known, codes, mapping, [codes, big], region)
+    assert torch.equal(a, b) and torch.equal(means, again)
+    assert torch.equal(a[known], indices[known]) and not means[known].any()
     assert (a[~known & ~where] < 8).all() and (a[~known & where] < 16).all()
+    # An expected code is a mix of its codebook's: inside their bounding box, not a code of the other's.
+    for inside, book in ((~known & where, big), (~known & ~where, codes)):
+        assert ((means[inside] >= book.min(0).values - 1e-5) & (means[inside] <= book.max(0).values + 1e-5)).all()
 
 
 def test_lost_hp_rows_are_interpolated_between_the_slices_received():

@@ -5,7 +5,8 @@ path `codec decode --conceal` takes. The header is taken as received (in a strea
 out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and HaarPSI of
 
 * lossless: the file decoded whole;
-* recovered: the codec's concealment (vq: IndexPrior.recover; hp: lost slices interpolated);
+* recovered: the codec's concealment (vq: IndexPrior.recover's expected codes; hp: lost slices
+  interpolated);
 * naive fills of the same lost positions: vq the most frequent received index, and the nearest
   received index; hp the latents' centre, zero.
 
@@ -113,21 +114,24 @@ def decodes(net, data: bytes, lost: list[int]) -> dict[str, np.ndarray]:
     header = container.header
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConcealedWarning)
-        latents, _, extra = net.decode(container.packets, header, conceal=True)
-    out = {"recovered": latents}
-    if net.family == "vq":
+        decoded = net.decode(container.packets, header, conceal=True)
+    latents, extra = decoded[0], decoded[2]
+    naive = {}
+    if net.family == "vq":  # the naive fills replace the restored indices (and not their expected codes)
         lost_here = lost_mask(net, header, latents.shape[1:], [packets[i]["first"] for i in lost])
         received = ~lost_here
         frequent = latents[0][received].mode().values if received.any() else torch.tensor(0)
-        out["most frequent"] = latents.clone()
-        out["most frequent"][0][lost_here] = frequent
-        out["nearest"] = latents.clone()
-        out["nearest"][0] = nearest_fill(latents[0], received)
+        naive["most frequent"] = latents.clone()
+        naive["most frequent"][0][lost_here] = frequent
+        naive["nearest"] = latents.clone()
+        naive["nearest"][0] = nearest_fill(latents[0], received)
     else:
         rows = lost_mask(net, header, latents.shape[2], [(packets[i]["first"], packets[i]["count"]) for i in lost])
-        out["zeros"] = latents.clone()
-        out["zeros"][:, :, rows] = 0
-    return {name: to_rgb(net.reconstruct(v, header, extra), header.height, header.width) for name, v in out.items()}
+        naive["zeros"] = latents.clone()
+        naive["zeros"][:, :, rows] = 0
+    out = {"recovered": net.reconstruct(*decoded)}
+    out.update({name: net.reconstruct(v, header, extra) for name, v in naive.items()})
+    return {name: to_rgb(x, header.height, header.width) for name, x in out.items()}
 
 
 def scores(rgb: np.ndarray, out: np.ndarray) -> dict:

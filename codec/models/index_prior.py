@@ -169,19 +169,23 @@ class IndexPrior(nn.Module):
 
     @torch.no_grad()
     def recover(self, indices: torch.Tensor, known: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor,
-                region: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """indices (h, w) with the `known` (h, w) ones received -> every index, the unknown ones restored:
-        per batch of tiles, one masked prediction of every unknown index from the known ones, and at
-        each the code nearest the predicted mean code (unit codes: the largest dot product), the
-        index of least expected squared error rather than the most likely one. (MaskGIT's rounds,
-        feeding confident guesses back as context, restored worse on Kodak: CHANGELOG 0.4.0.) The
-        integer network, so every machine restores the same indices. region: as compress's."""
+                vectors: list[torch.Tensor], region: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """indices (h, w) with the `known` (h, w) ones received -> (every index, the expected code
+        vector (h, w, code_dim) at each unknown one, zero elsewhere). Per batch of tiles, one masked
+        prediction of every unknown index from the known ones; its distribution gives the expected
+        code (over `vectors`, the code vectors the decoder looks indices up in: the codebook's, and
+        the region's), the least squared error in the code space, and the index of the code nearest
+        it (unit codes: the largest dot product, in integers, so every machine restores the same
+        indices). MaskGIT's rounds, feeding confident guesses back as context, restored worse on
+        Kodak (CHANGELOG 0.4.0). region: as compress's."""
         from codec.models.integer_prior import unit_codes
         net = self.integer(codes.device)
-        books = [(net.tokens(codes), mapping, unit_codes(codes).double())]
+        books = [(net.tokens(codes), mapping, unit_codes(codes).double(), vectors[0])]
         if region is not None:
-            books.append((net.tokens(region[0]), region[1], unit_codes(region[0]).double()))
+            books.append((net.tokens(region[0]), region[1], unit_codes(region[0]).double(), vectors[1]))
         indices, known = indices[None].clone().to(codes.device), known[None].to(codes.device)
+        means = torch.zeros((*indices.shape, vectors[0].shape[1]), device=codes.device)
         where = torch.zeros_like(known) if region is None else region[2][None].to(codes.device)
         for batch in tile_batches(*indices.shape[1:]):
             maps, seen, inside = gather_tiles(indices, batch), gather_tiles(known, batch), gather_tiles(where, batch)
@@ -191,14 +195,20 @@ class IndexPrior(nn.Module):
             features = net.features(maps, seen, books[0][0], hidden,
                                     region=None if region is None else (books[1][0], inside))
             guess = torch.zeros(features.shape[0], dtype=torch.long, device=maps.device)
-            for (_, book_mapping, unit), chosen in zip(books, (~inside[hidden], inside[hidden])):
+            mean = torch.zeros((features.shape[0], means.shape[-1]), device=maps.device)
+            for (_, book_mapping, unit, book_vectors), chosen in zip(books, (~inside[hidden], inside[hidden])):
                 if chosen.any():
                     freq = net.frequencies(features[chosen], book_mapping, len(unit))
+                    mean[chosen] = (freq.double() / net.total).float() @ book_vectors.float()
                     # Integers below 2^53 throughout: float64 sums them exactly, in any order.
                     guess[chosen] = ((freq.double() @ unit) @ unit.T).argmax(1)
             maps[hidden] = guess
             scatter_tiles(indices, batch, maps)
-        return indices[0]
+            tiles = torch.zeros((*maps.shape, means.shape[-1]), device=maps.device)
+            tiles[hidden] = mean
+            for (t, l, th, tw), tile in zip(batch, tiles):
+                means[0, t:t + th, l:l + tw] = tile
+        return indices[0], means[0]
 
     def _coding_steps(self, indices: torch.Tensor, codes: torch.Tensor, mapping: torch.Tensor, region):
         """The coding order shared by compress and decompress. Yields, per batch of tiles and group,

@@ -67,9 +67,11 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def synthesise(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None,
-                   region: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Index maps -> x_hat; region: (codebook, where (B, H/16, W/16)) of a region of interest."""
-        return self.g_s(self.quantizer.lookup(maps, codes, region)).clamp(0, 1)
+                   region: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   restored: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Index maps -> x_hat; region: (codebook, where (B, H/16, W/16)) of a region of interest;
+        restored: as the quantizer's lookup."""
+        return self.g_s(self.quantizer.lookup(maps, codes, region, restored)).clamp(0, 1)
 
     def refine(self, x: torch.Tensor, z: torch.Tensor, codes: torch.Tensor, steps: int, lr: float = 0.005,
                msssim_weight: float = 1.0, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -281,12 +283,14 @@ class VQCodec(nn.Module):
         return self.reconstruct(*self.decode(packets, header, conceal))
 
     @torch.no_grad()
-    def reconstruct(self, maps: torch.Tensor, header: Header, region: tuple[int, torch.Tensor] | None = None
-                    ) -> torch.Tensor:
+    def reconstruct(self, maps: torch.Tensor, header: Header, region: tuple[int, torch.Tensor] | None = None,
+                    restored: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """decode_latents' index maps -> x_hat (1, 3, H, W), padded to the stride (the float synthesis);
-        region: (codebook size, where) of a region of interest."""
+        region: (codebook size, where) of a region of interest; restored: (where (H/16, W/16), vectors)
+        of lost indices, the expected codes that stand for them."""
         second = None if region is None else (self.codebook(region[0])[0], region[1][None])
-        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0], second)
+        restored = None if restored is None else (restored[0][None], restored[1][None])
+        return self.autoencoder.synthesise(list(maps[:, None]), self.codebook(header.codebook)[0], second, restored)
 
     def decode_latents(self, packets: list[Packet], header: Header, conceal: bool = False) -> torch.Tensor:
         """packets -> the index maps (depth, H/16, W/16) of the padded image, stage 1 first (see decode)."""
@@ -294,8 +298,8 @@ class VQCodec(nn.Module):
 
     @torch.no_grad()
     def decode(self, packets: list[Packet], header: Header, conceal: bool = False
-               ) -> tuple[torch.Tensor, Header, tuple[int, torch.Tensor] | None]:
-        """packets -> (index maps, header, region or None): reconstruct's arguments. A region's
+               ) -> tuple[torch.Tensor, Header, tuple[int, torch.Tensor] | None, tuple | None]:
+        """packets -> (index maps, header, region or None, restored or None): reconstruct's arguments. A region's
         stage-1 indices are into its own codebook; its ROI packet is needed to decode them. conceal:
         the indices of damaged or missing packets are restored by the index prior from those received
         (IndexPrior.recover; a resilient file keeps received indices around every lost one)."""
@@ -334,8 +338,12 @@ class VQCodec(nn.Module):
                 symbols = static_table(self.residual_counts(stage)).decode(stream, np.zeros(part.numel(), np.int32))
                 stream.end()
                 maps[stage, rows, cols] = torch.from_numpy(symbols).long().view(part.shape).to(codes.device)
+        restored = None
         if not received[0].all():  # conceal: the prior restores the lost stage-1 indices from the rest
-            maps[0] = self.prior.recover(maps[0], received[0], self.prior_codes(header.codebook), mapping, second)
+            vectors = [codes] + ([] if region is None else [self.codebook(region[0])[0]])
+            maps[0], means = self.prior.recover(maps[0], received[0], self.prior_codes(header.codebook), mapping,
+                                                vectors, second)
+            restored = (~received[0], means)
         for stage in range(1, header.depth):  # a lost residual index: the stage's most frequent one
             maps[stage][~received[stage]] = int(np.argmax(self.residual_counts(stage)))
-        return maps, header, region
+        return maps, header, region, restored

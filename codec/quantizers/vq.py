@@ -112,15 +112,19 @@ class VectorQuantizer(nn.Module):
         return codes if (stage == 0 and codes is not None) else self.stages[stage].vectors()
 
     def lookup(self, maps: list[torch.Tensor], codes: torch.Tensor | None = None,
-               region: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               region: tuple[torch.Tensor, torch.Tensor] | None = None,
+               restored: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Index maps (stage 1 first) -> (B, dim, H, W), what the decoder is given. region: (a
-        second codebook, where (B, H, W) bool): stage-1 indices there are into that codebook."""
+        second codebook, where (B, H, W) bool): stage-1 indices there are into that codebook.
+        restored: (where (B, H, W) bool, vectors (B, H, W, code_dim)): stage-1 vectors that stand
+        for lost indices (IndexPrior.recover's expected codes)."""
         vectors = [self._table(i, codes)[idx] for i, idx in enumerate(maps[1:], start=1)]
         first = self._table(0, codes)
         if region is None:
-            vectors.append(first[maps[0]])
+            v = first[maps[0]]
         else:
-            vectors.append(torch.where(region[1][..., None], region[0][maps[0]], first[maps[0].clamp(max=len(first) - 1)]))
+            v = torch.where(region[1][..., None], region[0][maps[0]], first[maps[0].clamp(max=len(first) - 1)])
+        vectors.append(v if restored is None else torch.where(restored[0][..., None], restored[1], v))
         q = sum(vectors)
         return self.project_out(q.permute(0, 3, 1, 2))
 
