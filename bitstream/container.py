@@ -248,12 +248,16 @@ def match_packets(packets: list[Packet], layout: list[tuple[PacketKind, int, int
     it is in the file (a packet cut out of a file moves the rest), or None; and the problems found,
     one line each."""
     intact: dict[tuple, Packet] = {}
+    empty = set()
     for p in packets:
-        if not p.damaged and p.payload:
-            intact.setdefault((p.kind, p.first, p.count), p)
+        if not p.damaged:
+            if p.payload:
+                intact.setdefault((p.kind, p.first, p.count), p)
+            else:
+                empty.add((p.kind, p.first, p.count))
     slots = [intact.pop(tuple(slot), None) for slot in layout]
-    problems = [f"the {_slot_name(i, slot)} is missing or corrupt" for i, (slot, p) in enumerate(zip(layout, slots))
-                if p is None]
+    problems = [f"the {_slot_name(i, slot)} is {'empty' if tuple(slot) in empty else 'missing or corrupt'}"
+                for i, (slot, p) in enumerate(zip(layout, slots)) if p is None]
     extra = max(len(intact), len(packets) - len(layout))
     if extra:
         problems.append(f"{extra} packets more than this model writes")

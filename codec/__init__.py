@@ -4,7 +4,7 @@
     data = codec.encode("photo.png", model="hp", quality=50)   # bytes of a .bin
     image = codec.decode(data)                                 # PIL.Image
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["encode", "decode"]
 
 

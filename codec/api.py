@@ -208,7 +208,7 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixe
 
 
 def damaged_packets(data: bytes) -> str:
-    """For a file a strict read refused: ", " and the packets it lacks or holds damaged, each named as
+    """For a file a strict read refused: "; " and the packets it lacks or holds damaged, each named as
     the model that wrote it lays them out (what --conceal would go past); "" when that says nothing."""
     try:
         with warnings.catch_warnings():
@@ -220,10 +220,10 @@ def damaged_packets(data: bytes) -> str:
         return ""
     layout = net.layout(header)
     if header.roi:
-        grid = [-(-n // net.stride) * net.stride // net.cell for n in (header.height, header.width)]
-        layout = [(PacketKind.ROI, 0, grid[0] * grid[1]), *layout]
+        h, w = regions.grid(header, net)
+        layout = [(PacketKind.ROI, 0, h * w), *layout]
     problems = match_packets(container.packets, layout)[1]
-    return f"; {'; '.join(problems)} (decode with conceal, --conceal, to go past them)" if problems else ""
+    return f"; {'; '.join(problems)} (--conceal goes past what the model can predict)" if problems else ""
 
 
 def model_of(header: Header, device: str = "cpu"):

@@ -250,7 +250,7 @@ def build_parser() -> Parser:
     e.add_argument("--resilient", action="store_true",
                    help="write packets that decode each on its own (hp: slices of 128 pixel rows; vq: four "
                         "interleaved quarters of the index map), so that decode --conceal mends lost ones from the "
-                        "rest; costs rate (hp about 2-6 %%, vq about 13 %%)")
+                        "rest; costs rate (on Kodak at quality 50: hp +1.8 %%, vq +10.6 %%)")
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
 

@@ -146,6 +146,11 @@ def packet(share: np.ndarray, region: int) -> Packet:
     return Packet(PacketKind.ROI, 0, share.size, payload)
 
 
+def grid(header, net) -> tuple[int, int]:
+    """The positions (h, w) of a header's ROI map: one per `net.cell` pixels of the padded image."""
+    return tuple(-(-n // net.stride) * net.stride // net.cell for n in (header.height, header.width))
+
+
 def read_packet(packets: list[Packet], header, grid: tuple[int, int], needed: str
                 ) -> tuple[tuple[np.ndarray, int] | None, list[Packet]]:
     """The ROI packet a header announces (flag `roi`) -> ((share map, region value), the packets

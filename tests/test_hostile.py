@@ -98,6 +98,11 @@ def test_what_conceal_cannot_mend_still_fails_in_one_line(tmp_path, capsys, file
     code, err, out = _decode(capsys, tmp_path, _forged(files["hp"], lambda c: c.packets.pop(0)), "--conceal")
     _one_error_line_and_nothing_written(code, err, out)
     assert "hyper-latent packet is missing" in err
+    # Nothing of the image received: no index (vq), no slice (hp resilient) to conceal from.
+    lost = _forged(files["vq"], lambda c: c.packets.pop(0))
+    code, err, out = _decode(capsys, tmp_path, lost, "--conceal")
+    _one_error_line_and_nothing_written(code, err, out)
+    assert "no index of the image was received" in err
 
 
 def test_a_file_over_max_pixels_is_refused_before_decoding(tmp_path, capsys, files):

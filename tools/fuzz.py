@@ -51,6 +51,8 @@ def make_seeds() -> dict[str, bytes]:
     box = [(8, 8, 30, 24)]  # a region of interest: an ROI packet first
     seeds["hp-q30-roi"] = codec.encode(rgb, model="hp", quality=30, roi=box, roi_quality=70)
     seeds["vq-k64-roi"] = codec.encode(rgb, model="vq", codebook=64, roi=box)
+    seeds["hp-q40-resilient"] = codec.encode(rgb, model="hp", quality=40, resilient=True)
+    seeds["vq-k8192-d2-resilient"] = codec.encode(rgb, model="vq", codebook=8192, depth=2, resilient=True)
     return seeds
 
 
@@ -119,7 +121,7 @@ def forge_header(rng, data, seeds, max_side: int = 110):
     from codec import zoo
     c = bitstream.read(data)
     h = c.header
-    field = rng.randrange(10)
+    field = rng.randrange(11)
     if field == 0:
         h.width, h.height = rng.randint(1, max_side), rng.randint(1, max_side)
         if h.family == "vq" and rng.random() < 0.8:  # keep the packet table consistent with the size
@@ -151,6 +153,8 @@ def forge_header(rng, data, seeds, max_side: int = 110):
         p.kind = rng.choice(list(PacketKind))
     elif field == 9:
         h.roi = not h.roi
+    elif field == 10:
+        h.resilient = not h.resilient
     else:
         p = rng.choice(c.packets)
         p.first, p.count = rng.choice((0, 1, 2, rng.randrange(1 << 16))), rng.choice((0, 1, 4, 320, rng.randrange(1 << 16)))

@@ -15,6 +15,7 @@ out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and
 
 Writes <out>/loss.json (every decode), <out>/loss.md (the table), <out>/loss.png (PSNR against
 loss) and, with --picture, <out>/loss-vq.jpg: lossless | naive | recovered with one packet in four lost.
+`--merge A.json B.json` writes the table and plot of earlier runs together.
 """
 from __future__ import annotations
 
@@ -182,16 +183,23 @@ def table(rows: list[dict], losses: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(rows: list[dict], losses: list[float], out: Path) -> None:
+    (out / "loss.md").write_text(table(rows, losses))
+    plot(rows, losses, out / "loss.png")
+    print(table(rows, losses))
+
+
 def plot(rows: list[dict], losses: list[float], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, family in zip(axes, FAMILIES):
+    families = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
+    fig, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.4), squeeze=False)
+    for ax, family in zip(axes[0], families):
         for method in METHODS[family]:
             ys = [np.mean([r[method]["psnr"] for r in rows if r["family"] == family and r["loss"] == loss]) for loss in losses]
             ax.plot([100 * v for v in losses], ys, marker="o", label=method)
-        ax.set(title=f"{family}", xlabel="packets lost (%)", ylabel="PSNR (dB)")
+        ax.set(title=f"{family}, Kodak", xlabel="packets lost (%)", ylabel="PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -228,24 +236,27 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--picture", help="an image of the dataset for the side-by-side picture")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="no coding: write loss.md and loss.png in --out "
+                    "from the rows of earlier runs' JSON files (one family each, say)")
     args = ap.parse_args(argv)
-    images = sorted(Path(args.dataset).glob("*.png"))[:args.limit or None]
     losses = [float(v) / 100 for v in args.losses.split(",")]
-    families = args.families.split(",")
-    qualities = {"hp": args.hp_quality, "vq": args.vq_quality}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        report([row for path in args.merge for row in json.loads(Path(path).read_text())["rows"]], losses, out)
+        return
+    images = sorted(Path(args.dataset).glob("*.png"))[:args.limit or None]
+    families = args.families.split(",")
+    qualities = {"hp": args.hp_quality, "vq": args.vq_quality}
     jobs = [(str(p), families, qualities, losses, args.trials, args.burst, args.seed) for p in images]
     rows = []
     with ProcessPoolExecutor(args.workers) as pool:
         for i, image_rows in enumerate(pool.map(image_job, jobs), 1):
             rows += image_rows
             print(f"[{i}/{len(jobs)}] {image_rows[0]['image']}", file=sys.stderr, flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("workers",)}
-    (out / "loss.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
-    (out / "loss.md").write_text(table(rows, losses))
-    plot([r for r in rows if r["family"] in FAMILIES], losses, out / "loss.png")
-    print(table(rows, losses))
+    settings = {k: v for k, v in vars(args).items() if k not in ("workers", "merge")}
+    (out / "loss.json").write_text(json.dumps({"settings": settings, "rows": rows}) + "\n")
+    report(rows, losses, out)
     if args.picture:
         picture(str(Path(args.dataset) / args.picture), args.vq_quality, out / "loss-vq.jpg")
 

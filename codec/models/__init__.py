@@ -12,7 +12,9 @@ model up there and never branch on its family. Every class offers:
     compress(x, features, header, refine, searcher, roi) -> [Packet]
     decompress(packets, header, conceal) -> x_hat (1, 3, H, W), padded to the stride; it is
     reconstruct(*decode(packets, header, conceal)): the integer symbols (and a region of interest's
-    map), then the float synthesis; decode_latents(...) is decode's symbols alone
+    map; vq: the expected codes of restored indices), then the float synthesis; decode_latents(...)
+    is decode's symbols alone
+    layout(header) -> [(kind, first, count)]   # the packets a file holds after any ROI packet
 
 Inside, a model turns latents into integer symbols and hands plain arrays (symbols, CDF-table
 indexes or CDF rows) to `codec.entropy` and the range coder, which know nothing of networks.

@@ -493,11 +493,12 @@ class ConditionedCheckerboard(nn.Module):
     def compress(self, x: torch.Tensor, features: torch.Tensor, header: Header, refine: int = 0,
                  searcher: ConditionedCheckerboard | None = None, roi: tuple[np.ndarray, float] | None = None
                  ) -> list[Packet]:
-        """x (1, 3, H, W) padded, features = prepare(x), at header.quality -> packets [z, y].
+        """x (1, 3, H, W) padded, features = prepare(x), at header.quality -> packets [z, y] (resilient:
+        one per slice, see `slices`).
         refine: steps of encoder-side search, run by `searcher` (this model on another device).
         roi: (share of region per latent position (h, w) uint8, the region's quality or None for
         codec.roi.DEFAULT_QUALITY): each latent is coded at its own quality between the header's and
-        the region's (packets [roi, z, y])."""
+        the region's (an ROI packet first)."""
         if roi is not None:
             roi = (roi[0], regions.region_quality(roi[1]))
         qualities = None if roi is None else regions.qualities(roi[0], header.quality, roi[1])
@@ -591,7 +592,7 @@ class ConditionedCheckerboard(nn.Module):
     def regions(self, packets: list[Packet], header: Header) -> tuple[np.ndarray | None, list[Packet]]:
         """A file's leading ROI packet, if any -> (per-latent qualities in hundredths or None, the
         packets after it). A damaged one is fatal, also under conceal: the entropy model reads it."""
-        grid = (-(-header.height // self.stride) * 4, -(-header.width // self.stride) * 4)
+        grid = regions.grid(header, self)
         roi, packets = regions.read_packet(packets, header, grid, "the entropy model needs its qualities, so the image "
                                                           "cannot be decoded")
         if roi is None:
@@ -618,8 +619,15 @@ class ConditionedCheckerboard(nn.Module):
         if header.resilient:
             slices = self.slices(h)
             slots = expect_packets(packets, self.layout(header), conceal)
-            rows = [None if p is None else self._decode_slice(*[Decoder(p.payload)] * 2, (r1 - r0, w), _rows(quality, r0, r1))
-                    for p, (r0, r1) in zip(slots, slices)]
+            if not any(slots):
+                raise BitstreamError("no slice of the image was received: there is nothing to conceal from")
+            rows = []
+            for p, (r0, r1) in zip(slots, slices):
+                if p is None:
+                    rows.append(None)
+                    continue
+                stream = Decoder(p.payload)  # z's rows, then y's: one stream
+                rows.append(self._decode_slice(stream, stream, (r1 - r0, w), _rows(quality, r0, r1)))
             return interpolate_lost(rows, slices, self.M, w), header, qualities
         hyper_packet, latent = expect_packets(packets, self.layout(header), conceal)
         if hyper_packet is None:
@@ -667,8 +675,8 @@ def interpolate_lost(rows: list[torch.Tensor | None], slices: list[tuple[int, in
                      ) -> torch.Tensor:
     """Slices of y_hat (None where lost) and their rows -> the whole y_hat (1, C, h, w): a lost row
     linearly interpolated between the nearest rows received above and below (copied when only one
-    side was; zeros, the latents' centre, when nothing was)."""
-    device = next((r.device for r in rows if r is not None), "cpu")
+    side was); at least one slice must have been received."""
+    device = next(r.device for r in rows if r is not None)
     y_hat = torch.zeros((1, channels, slices[-1][1], w), device=device)
     received = torch.zeros(slices[-1][1], dtype=torch.bool)
     for r, (r0, r1) in zip(rows, slices):

@@ -179,7 +179,7 @@ class IndexPrior(nn.Module):
         it (unit codes: the largest dot product, in integers, so every machine restores the same
         indices). MaskGIT's rounds, feeding confident guesses back as context, restored worse on
         Kodak (CHANGELOG 0.4.0). region: as compress's."""
-        from codec.models.integer_prior import unit_codes
+        from codec.models.integer_prior import OUT_ROWS, unit_codes
         net = self.integer(codes.device)
         books = [(net.tokens(codes), mapping, unit_codes(codes).double(), vectors[0])]
         if region is not None:
@@ -197,11 +197,12 @@ class IndexPrior(nn.Module):
             guess = torch.zeros(features.shape[0], dtype=torch.long, device=maps.device)
             mean = torch.zeros((features.shape[0], means.shape[-1]), device=maps.device)
             for (_, book_mapping, unit, book_vectors), chosen in zip(books, (~inside[hidden], inside[hidden])):
-                if chosen.any():
-                    freq = net.frequencies(features[chosen], book_mapping, len(unit))
-                    mean[chosen] = (freq.double() / net.total).float() @ book_vectors.float()
+                rows = chosen.nonzero().flatten()
+                for r in rows.split(OUT_ROWS):  # a block of rows at a time: K-wide rows are large
+                    freq = net.frequencies(features[r], book_mapping, len(unit))
+                    mean[r] = (freq.double() / net.total).float() @ book_vectors.float()
                     # Integers below 2^53 throughout: float64 sums them exactly, in any order.
-                    guess[chosen] = ((freq.double() @ unit) @ unit.T).argmax(1)
+                    guess[r] = ((freq.double() @ unit) @ unit.T).argmax(1)
             maps[hidden] = guess
             scatter_tiles(indices, batch, maps)
             tiles = torch.zeros((*maps.shape, means.shape[-1]), device=maps.device)

@@ -211,8 +211,8 @@ class VQCodec(nn.Module):
     def compress(self, x: torch.Tensor, features: torch.Tensor, header: Header, refine: int = 0,
                  searcher: VQCodec | None = None, roi: tuple[np.ndarray, float | None] | None = None
                  ) -> list[Packet]:
-        """x (1, 3, H, W) padded, features = prepare(x), at (header.codebook, header.depth) -> one
-        INDICES packet per quantizer stage: stage 1 coded with the index prior, marginalised onto the
+        """x (1, 3, H, W) padded, features = prepare(x), at (header.codebook, header.depth) -> INDICES
+        packets, one per quantizer stage (resilient: per stage and quarter, see `parts`): stage 1 coded with the index prior, marginalised onto the
         codebook in use; residual stages with one static table each (their training-set frequencies).
         refine: steps of encoder-side search (depth-1 points), run by `searcher` (this model elsewhere).
         roi: (share of region per index position (h, w) uint8, the region's quality or None for the
@@ -313,7 +313,8 @@ class VQCodec(nn.Module):
         from bitstream.coder import Decoder
         h, w = -(-header.height // self.stride), -(-header.width // self.stride)
         codes, mapping = self.codebook(header.codebook)
-        roi, packets = regions.read_packet(packets, header, (h, w), "the index prior needs its codebooks, so the image "
+        roi, packets = regions.read_packet(packets, header, regions.grid(header, self),
+                                           "the index prior needs its codebooks, so the image "
                                                             "cannot be decoded")
         region = None
         if roi is not None:
@@ -339,6 +340,8 @@ class VQCodec(nn.Module):
                 stream.end()
                 maps[stage, rows, cols] = torch.from_numpy(symbols).long().view(part.shape).to(codes.device)
         restored = None
+        if not received[0].any():
+            raise BitstreamError("no index of the image was received: there is nothing to conceal from")
         if not received[0].all():  # conceal: the prior restores the lost stage-1 indices from the rest
             vectors = [codes] + ([] if region is None else [self.codebook(region[0])[0]])
             maps[0], means = self.prior.recover(maps[0], received[0], self.prior_codes(header.codebook), mapping,
