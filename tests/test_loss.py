@@ -153,3 +153,11 @@ def test_nearest_fill_copies_a_received_neighbour():
     out = tool.nearest_fill(maps, received)
     assert out[1, 1] == maps[1, 0] and out[0, 0] == maps[0, 1]  # left first; at the edge, right
     assert torch.equal(out[received], maps[received])
+
+
+def test_the_eval_scores_a_file_with_nothing_received_as_grey(sample_rgb):
+    tool = _loss_eval()
+    data = codec.encode(sample_rgb, model="vq", quality=50, resilient=True)
+    out = tool.decodes(zoo.load("vq")[0], data, [0, 1, 2, 3])
+    assert set(out) == {"recovered", "most frequent", "nearest"}
+    assert all(o.shape == sample_rgb.shape and (o == 128).all() for o in out.values())
