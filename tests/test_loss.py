@@ -161,3 +161,13 @@ def test_the_eval_scores_a_file_with_nothing_received_as_grey(sample_rgb):
     out = tool.decodes(zoo.load("vq")[0], data, [0, 1, 2, 3])
     assert set(out) == {"recovered", "most frequent", "nearest"}
     assert all(o.shape == sample_rgb.shape and (o == 128).all() for o in out.values())
+
+
+def test_a_corrupted_packet_is_concealed_as_a_cut_one(sample_rgb):
+    tool = _loss_eval()
+    data = codec.encode(sample_rgb, model="vq", quality=50, resilient=True)
+    net = zoo.load("vq")[0]
+    damaged = tool.corrupt(data, [2])
+    assert len(damaged) == len(data) and bitstream.read(damaged, strict=False).packets[2].damaged
+    cut, corrupted = tool.decodes(net, data, [2]), tool.decodes(net, data, [2], tool.corrupt)
+    assert all(np.array_equal(cut[m], corrupted[m]) for m in cut)

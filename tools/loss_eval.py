@@ -1,8 +1,9 @@
-"""Packet loss: every image is coded as a resilient file (`resilient=True`, `--resilient`), then
-packets are cut out of the file (that share of each image's packets over its trials, drawn at random,
-or in bursts of consecutive packets with the same mean rate) and what is left is decoded with conceal=True, the
-path `codec decode --conceal` takes. The header is taken as received (in a stream it travels once,
-out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and HaarPSI of
+"""Packet loss: every image is coded as a resilient file (`resilient=True`, `--resilient`), then a
+share of its packets is lost: that share of the image's packets over its trials, drawn at random, or
+(--burst) bursts of consecutive packets at the same mean rate; lost packets are cut out of the file
+(or, --corrupt, get a byte flipped). What is left is decoded with conceal=True, the path `codec
+decode --conceal` takes. The header is taken as received (in a stream it travels once, out of band).
+Reported per loss rate against the original: PSNR-RGB, MS-SSIM and HaarPSI of
 
 * lossless: the file decoded whole;
 * recovered: the codec's concealment (vq: IndexPrior.recover's expected codes; hp: lost slices
@@ -11,7 +12,7 @@ out of band). Reported per loss rate against the original: PSNR-RGB, MS-SSIM and
   received index; hp the latents' centre, zero.
 
     python tools/loss_eval.py --dataset .data/kodak --out results/loss [--losses 0,5,10,20,30]
-        [--trials 5] [--burst] [--workers 8] [--hp-quality 50 --vq-quality 50] [--picture kodim23.png]
+        [--trials 5] [--burst] [--corrupt] [--workers 8] [--hp-quality 50 --vq-quality 50] [--picture kodim23.png]
 
 Writes <out>/loss.json (every decode), <out>/loss.md (the table), <out>/loss.png (PSNR against
 loss) and, with --picture, <out>/loss-vq.jpg: lossless | naive | recovered with one packet in four lost.
@@ -77,6 +78,15 @@ def cut(data: bytes, lost: list[int]) -> bytes:
     return b"".join(keep) + data[pos:]
 
 
+def corrupt(data: bytes, lost: list[int]) -> bytes:
+    """The file with a byte in the middle of each lost packet's payload flipped (its CRC then fails)."""
+    packets = bitstream.describe(data)["packets"]
+    out = bytearray(data)
+    for i in lost:
+        out[packets[i]["offset"] + packets[i]["length"] - 5 - packets[i]["length"] // 4] ^= 0xFF  # before the CRC
+    return bytes(out)
+
+
 def nearest_fill(maps: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
     """Each lost index (h, w) takes that of a received neighbour (left, up, right, down, then the
     diagonals), ring by ring until none is left."""
@@ -107,14 +117,14 @@ def lost_mask(net, header, shape, lost_fields: list[int]) -> torch.Tensor:
     return mask
 
 
-def decodes(net, data: bytes, lost: list[int]) -> dict[str, np.ndarray]:
+def decodes(net, data: bytes, lost: list[int], damage=cut) -> dict[str, np.ndarray]:
     """The damaged file's decodes, one per method, as (H, W, 3) uint8. With every packet lost there
     is nothing to decode (an error, also under conceal): a receiver shows mid-grey, scored here."""
     packets = bitstream.describe(data)["packets"]
     if len(lost) == len(packets):
         h = bitstream.read(data).header
         return dict.fromkeys(METHODS[net.family], np.full((h.height, h.width, 3), 128, np.uint8))
-    damaged = cut(data, lost)
+    damaged = damage(data, lost)
     container = bitstream.read(damaged, strict=False)
     header = container.header
     with warnings.catch_warnings():
@@ -145,7 +155,7 @@ def scores(rgb: np.ndarray, out: np.ndarray) -> dict:
 
 def image_job(args) -> list[dict]:
     """Every (family, loss, trial) of one image -> rows of the results."""
-    path, families, qualities, losses, trials, burst, seed = args
+    path, families, qualities, losses, trials, burst, seed, damage = args
     torch.set_num_threads(1)
     rgb = load_image(path)
     rows = []
@@ -161,7 +171,7 @@ def image_job(args) -> list[dict]:
                 row = {"image": Path(path).name, "family": family, "bytes": len(data), "plain_bytes": plain, "packets": n, "loss": loss,
                        "trial": trial, "lost": lost, "lossless": lossless}
                 if lost:
-                    row.update({name: scores(rgb, out) for name, out in decodes(net, data, lost).items()})
+                    row.update({name: scores(rgb, out) for name, out in decodes(net, data, lost, damage).items()})
                 else:
                     row.update({name: lossless for name in METHODS[family]})
                 rows.append(row)
@@ -233,6 +243,8 @@ def main(argv=None) -> None:
     ap.add_argument("--losses", default="0,5,10,20,30", help="packet loss rates in per cent")
     ap.add_argument("--trials", type=int, default=5, help="loss patterns per image and rate")
     ap.add_argument("--burst", action="store_true", help="lose packets in bursts (mean length 2)")
+    ap.add_argument("--corrupt", action="store_true", help="corrupt the lost packets (a flipped byte) instead of "
+                    "cutting them out of the file")
     ap.add_argument("--families", default="hp,vq")
     ap.add_argument("--hp-quality", type=float, default=50)
     ap.add_argument("--vq-quality", type=float, default=50)
@@ -252,7 +264,8 @@ def main(argv=None) -> None:
     images = sorted(Path(args.dataset).glob("*.png"))[:args.limit or None]
     families = args.families.split(",")
     qualities = {"hp": args.hp_quality, "vq": args.vq_quality}
-    jobs = [(str(p), families, qualities, losses, args.trials, args.burst, args.seed) for p in images]
+    damage = corrupt if args.corrupt else cut
+    jobs = [(str(p), families, qualities, losses, args.trials, args.burst, args.seed, damage) for p in images]
     rows = []
     with ProcessPoolExecutor(args.workers) as pool:
         for i, image_rows in enumerate(pool.map(image_job, jobs), 1):
