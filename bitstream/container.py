@@ -31,6 +31,8 @@ class PacketKind(enum.IntEnum):
     LATENT = 2    # main latent y, or a range of its channels
     INDICES = 3   # vector-quantizer indices
     ROI = 4       # region-of-interest map
+    VIDEO = 5     # a video's frame rate (first packet of a video; count = frames)
+    FRAME = 6     # one frame's packets, nested (first = the frame's index)
 
 
 @dataclass
@@ -164,6 +166,50 @@ def write(c: Container) -> bytes:
         frame += p.payload
         out += frame + zlib.crc32(frame).to_bytes(4, "little")
     return bytes(out)
+
+
+def varints(*values: int) -> bytes:
+    out = bytearray()
+    for v in values:
+        _put_varint(out, v)
+    return bytes(out)
+
+
+def read_varints(payload: bytes, n: int, what: str, limit: int = MAX_RANGE) -> list[int]:
+    """Exactly n varints, each at most `limit`, and nothing after them -> their values."""
+    r = _Reader(payload, what)
+    values = [r.varint(limit, "value") for _ in range(n)]
+    if r.pos != len(payload):
+        raise BitstreamError(f"corrupt {what}: {len(payload) - r.pos} bytes too many")
+    return values
+
+
+def pack(packets: list[Packet]) -> bytes:
+    """Packets -> a FRAME packet's payload: their count, then each as a frame without its CRC (the
+    outer packet's CRC covers them)."""
+    out = bytearray()
+    _put_varint(out, len(packets))
+    for p in packets:
+        out.append(int(p.kind))
+        for value in (p.first, p.count, len(p.payload)):
+            _put_varint(out, value)
+        out += p.payload
+    return bytes(out)
+
+
+def unpack(payload: bytes, what: str) -> list[Packet]:
+    """pack's inverse, checked: the packets nested in `what` (a FRAME packet's payload)."""
+    r = _Reader(payload, what)
+    packets = []
+    for _ in range(r.varint(MAX_PACKETS, "packet count")):
+        kind = r.u8()
+        if kind not in PacketKind._value2member_map_ or kind in (PacketKind.VIDEO, PacketKind.FRAME):
+            raise BitstreamError(f"corrupt {what}: a nested packet of unknown kind {kind}")
+        first, count = r.varint(MAX_RANGE, "packet start"), r.varint(MAX_RANGE, "packet count")
+        packets.append(Packet(PacketKind(kind), first, count, r.take(r.varint(len(payload), "packet length"))))
+    if r.pos != len(payload):
+        raise BitstreamError(f"corrupt {what}: {len(payload) - r.pos} bytes after its last packet")
+    return packets
 
 
 def read_header(data: bytes) -> tuple[Header, int, int]:
@@ -300,12 +346,22 @@ def describe(data: bytes) -> dict:
     """Header fields and the packet list ({offset, length, kind, ...} in file bytes) of a .bin."""
     c = read(data)
     h = c.header
+    video = {}
+    if h.mode == "video" and c.packets and c.packets[0].kind == PacketKind.VIDEO:
+        try:
+            rate = read_varints(c.packets[0].payload, 2, "the video packet")
+        except BitstreamError:
+            rate = None
+        video = {"fps": None if rate is None or not rate[1] else f"{rate[0]}/{rate[1]}",
+                 "frames": [{"index": p.first, "offset": p.offset, "length": p.length}
+                            for p in c.packets if p.kind == PacketKind.FRAME]}
     return {
         "format_version": h.version, "family": h.family, "model_id": h.model_id,
         "weights_hash": h.weights_hash.hex(), "written_by": h.release_name, "mode": h.mode, "roi": h.roi,
         "resilient": h.resilient,
         "width": h.width, "height": h.height,
         "quality": h.quality, "codebook": h.codebook, "depth": h.depth, "bytes": len(data),
+        **video,
         "packets": [{"offset": p.offset, "length": p.length, "kind": p.kind.name.lower(),
                      "first": p.first, "count": p.count} for p in c.packets],
     }

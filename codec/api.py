@@ -8,8 +8,11 @@ raise ValueError.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from fractions import Fraction
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,8 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import bitstream
-from bitstream import BitstreamError, Container, Header, PacketKind
-from bitstream.container import ConcealedWarning, match_packets
+from bitstream import BitstreamError, Container, Header, Packet, PacketKind
+from bitstream.container import (MAX_PACKETS, ConcealedWarning, expect_packets, match_packets, pack, read_varints,
+                                 unpack, varints)
 from codec import __version__, zoo
 from codec import roi as regions
 from codec.io import ImageReadError, load_image
@@ -182,12 +186,9 @@ def search_quality(at, budget: float, iterations: int = 10, top: float = 100.0) 
     return lo
 
 
-def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None) -> np.ndarray:
-    """The bytes of a .bin file -> (H, W, 3) uint8.
-
-    conceal: damaged or missing packets are replaced by the prior's prediction where the model can
-    predict them, instead of failing, each reported as a bitstream.ConcealedWarning. max_pixels: a
-    file whose header claims a larger image is refused before any decoding (default MAX_PIXELS)."""
+def read_file(data: bytes, mode: str, conceal: bool = False, max_pixels: int | None = None) -> Container:
+    """The bytes of a .bin holding an image or a video (`mode`), read and checked before any decoding;
+    a strict read's error names the damaged packets."""
     try:
         container = bitstream.read(data, strict=not conceal)
     except BitstreamError as e:
@@ -197,14 +198,84 @@ def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixe
         raise BitstreamError(f"this file was written by {header.release_name} in format {header.version}, whose "
                              "float entropy model decodes only on the kind of machine that wrote it; decode it "
                              "there with codec 0.1.x (this release writes and reads format 2, portable files)")
-    if header.mode != "image":
-        raise BitstreamError(f"this file holds a {header.mode}, which this release (codec {__version__}) does not decode")
+    if header.mode != mode:
+        raise BitstreamError(f"this file holds {'a video' if header.mode == 'video' else 'an image'}: decode it "
+                             + ("to a video file (.mkv, .y4m or frame%04d.png) or with codec.decode_video"
+                                if header.mode == "video" else "to an image file or with codec.decode"))
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     if header.width * header.height > limit:
         raise BitstreamError(f"the file claims a {header.width}x{header.height} image, over the limit of {limit} "
                              "pixels (max_pixels, --max-pixels)")
+    return container
+
+
+def decode_rgb(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None) -> np.ndarray:
+    """The bytes of a .bin file -> (H, W, 3) uint8.
+
+    conceal: damaged or missing packets are replaced by the prior's prediction where the model can
+    predict them, instead of failing, each reported as a bitstream.ConcealedWarning. max_pixels: a
+    file whose header claims a larger image is refused before any decoding (default MAX_PIXELS)."""
+    container = read_file(data, "image", conceal, max_pixels)
+    header = container.header
     net = model_of(header, device)
     return to_rgb(net.decompress(container.packets, header, conceal), header.height, header.width)
+
+
+def encode_video(frames, rate: Fraction, model: str = "hp", quality: float = 50, codebook: int | None = None,
+                 depth: int | None = None, device: str = "cpu", max_pixels: int | None = None,
+                 progress=None) -> bytes:
+    """RGB frames (an iterable of (H, W, 3) uint8, all one size) at `rate` frames a second -> the
+    bytes of a video .bin. Intra only: every frame is coded as an image (encode's arguments), each
+    decodable on its own; its packets are nested in one FRAME packet, after a VIDEO packet that holds
+    the frame rate. progress(i) is called after frame i."""
+    header, packets = None, []
+    for i, rgb in enumerate(frames):
+        if len(packets) == MAX_PACKETS - 1:
+            raise ValueError(f"a video holds at most {MAX_PACKETS - 1} frames")
+        frame = bitstream.read(encode(rgb, model, quality, codebook=codebook, depth=depth, device=device,
+                                      max_pixels=max_pixels))
+        if header is None:
+            header = frame.header
+        elif (frame.header.width, frame.header.height) != (header.width, header.height):
+            raise ImageReadError(f"frame {i} is {frame.header.width}x{frame.header.height}, the video "
+                                 f"{header.width}x{header.height}")
+        packets.append(Packet(PacketKind.FRAME, i, 1, pack(frame.packets)))
+        if progress:
+            progress(i)
+    if header is None:
+        raise ImageReadError("the video has no frames")
+    header.mode = "video"
+    rate = Fraction(rate).limit_denominator(1 << 16)
+    video = Packet(PacketKind.VIDEO, 0, len(packets), varints(rate.numerator, rate.denominator))
+    return bitstream.write(Container(header, [video, *packets]))
+
+
+def decode_video(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None
+                 ) -> tuple[Header, Fraction, int, Iterator[np.ndarray]]:
+    """The bytes of a video .bin -> (its header, its frame rate, its frame count, its frames as
+    (H, W, 3) uint8, each decoded as it is used). conceal: as decode_rgb's within a frame; a lost frame repeats the frame
+    before it (mid-grey for a first frame)."""
+    container = read_file(data, "video", conceal, max_pixels)
+    header = container.header
+    video = container.packets[0] if container.packets else None
+    if video is None or video.damaged or video.kind != PacketKind.VIDEO or video.first != 0:
+        raise BitstreamError("the video packet (the frame rate) is missing or corrupt: the video cannot be decoded")
+    numerator, denominator = read_varints(video.payload, 2, "the video packet")
+    if not (1 <= numerator and 1 <= denominator) or not 1 <= video.count < MAX_PACKETS:
+        raise BitstreamError(f"corrupt video packet: {video.count} frames at {numerator}/{denominator} a second")
+    slots = expect_packets(container.packets[1:], [(PacketKind.FRAME, i, 1) for i in range(video.count)], conceal)
+    net = model_of(header, device)
+    image = dataclasses.replace(header, mode="image")
+
+    def frames() -> Iterator[np.ndarray]:
+        previous = np.full((header.height, header.width, 3), 128, np.uint8)
+        for i, p in enumerate(slots):
+            if p is not None:
+                x_hat = net.decompress(unpack(p.payload, f"frame {i}"), image, conceal)
+                previous = to_rgb(x_hat, header.height, header.width)
+            yield previous
+
+    return header, Fraction(numerator, denominator), video.count, frames()
 
 
 def damaged_packets(data: bytes) -> str:
@@ -218,6 +289,13 @@ def damaged_packets(data: bytes) -> str:
         net = model_of(header)
     except BitstreamError:
         return ""
+    if header.mode == "video":
+        video = container.packets[0] if container.packets else None
+        if video is None or video.damaged or video.kind != PacketKind.VIDEO or video.count >= MAX_PACKETS:
+            return ""
+        layout = [(PacketKind.VIDEO, 0, video.count)] + [(PacketKind.FRAME, i, 1) for i in range(video.count)]
+        problems = match_packets(container.packets, layout)[1]
+        return f"; {'; '.join(problems)} (--conceal repeats the frame before a lost one)" if problems else ""
     layout = net.layout(header)
     if header.roi:
         h, w = regions.grid(header, net)

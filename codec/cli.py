@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from bitstream import BitstreamError, describe
-from bitstream.container import ConcealedWarning
+from bitstream.container import ConcealedWarning, read_header
 from codec import __version__
 from codec.metrics import bpp
 
@@ -97,11 +97,47 @@ def _report(args, summary: str, fields: dict) -> None:
         print(summary, file=sys.stderr)
 
 
+def cmd_encode_video(args) -> None:
+    """A video in (by IN's suffix): every frame coded as an image, with a frame counter on stderr."""
+    from codec import api
+    from codec.io import ImageReadError, read_video
+    for flag, name in ((args.bpp or args.size, "--bpp / --size"), (args.roi, "--roi"), (args.refine, "--refine"),
+                       (args.resilient, "--resilient")):
+        if flag:
+            raise UsageError(f"{name} is for images; a video takes --quality (or --codebook / --depth)")
+    frames, rate, count = read_video(args.input)
+    t0 = time.perf_counter()
+
+    def progress(i: int) -> None:
+        if not args.json:
+            print(f"\rframe {i + 1}" + (f"/{count}" if count else ""), end="", file=sys.stderr, flush=True)
+
+    try:
+        data = api.encode_video(frames, rate, model=args.model, quality=args.quality, codebook=args.codebook,
+                                depth=args.depth, device=args.device, max_pixels=args.max_pixels, progress=progress)
+    except ValueError as e:
+        if isinstance(e, ImageReadError):
+            raise
+        raise UsageError(str(e)) from None
+    finally:
+        if not args.json:
+            print(file=sys.stderr)
+    info = describe(data)
+    n, w, h = len(info["frames"]), info["width"], info["height"]
+    write_output(args.output, data)
+    fields = {"input": args.input, "output": args.output, "model": args.model, "quality": info["quality"],
+              "width": w, "height": h, "frames": n, "fps": info["fps"], "bytes": len(data),
+              "bpp": round(bpp(len(data), w, h) / n, 5), "encode_s": round(time.perf_counter() - t0, 3)}
+    _report(args, f"{args.input} -> {args.output}: {n} frames, {len(data)} bytes, {fields['bpp']:.4f} bpp", fields)
+
+
 def cmd_encode(args) -> None:
     from codec import api
-    from codec.io import ImageReadError, load_image
+    from codec.io import ImageReadError, is_video, load_image
     from codec.metrics import psnr
 
+    if is_video(args.input):
+        return cmd_encode_video(args)
     rgb = load_image(read_input(args.input))
     t0 = time.perf_counter()
     try:
@@ -151,24 +187,65 @@ def _region(values: list[str] | None, quality: float | None):
         raise UsageError(f"--roi: {e}") from None
 
 
+def _warn_concealed(concealed) -> None:
+    for w in concealed:
+        if issubclass(w.category, ConcealedWarning):
+            print(f"codec: warning: {w.message}", file=sys.stderr)
+
+
+def cmd_decode_video(args, data: bytes) -> None:
+    """A video .bin out to .mkv, .y4m or PNG frames (by OUT's name), with a frame counter on stderr."""
+    from codec import api
+    from codec.io import encode_image, encode_video, video_writer
+    try:
+        writer = video_writer(args.output)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as concealed:
+        warnings.simplefilter("always", ConcealedWarning)
+        header, rate, count, frames = api.decode_video(data, device=args.device, conceal=args.conceal,
+                                                       max_pixels=args.max_pixels)
+
+        def counted():
+            for i, rgb in enumerate(frames):
+                if not args.json:
+                    print(f"\rframe {i + 1}/{count}", end="", file=sys.stderr, flush=True)
+                yield rgb
+            if not args.json:
+                print(file=sys.stderr)
+
+        if writer is None:  # PNG frames, each renamed into place when complete
+            for i, rgb in enumerate(counted()):
+                write_output(args.output % i, encode_image(rgb))
+        else:
+            write_output(args.output, encode_video(counted(), rate, writer))
+    _warn_concealed(concealed)
+    w, h = header.width, header.height
+    fields = {"input": args.input, "output": args.output, "width": w, "height": h, "frames": count,
+              "fps": f"{rate.numerator}/{rate.denominator}", "bytes": len(data), "bpp": round(bpp(len(data), w, h) / count, 5),
+              "decode_s": round(time.perf_counter() - t0, 3)}
+    _report(args, f"{args.input} -> {args.output}: {count} frames of {w}x{h} at {rate} fps", fields)
+
+
 def cmd_decode(args) -> None:
     from codec import api
     from codec.io import encode_image, image_format
 
+    data = read_input(args.input)
+    if read_header(data)[0].mode == "video":
+        return cmd_decode_video(args, data)
     suffix = "" if args.output == "-" else Path(args.output).suffix
     try:
         image_format(suffix)
     except ValueError as e:
         raise UsageError(f"{e} for {args.output}") from None
-    data = read_input(args.input)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as concealed:
         warnings.simplefilter("always", ConcealedWarning)
         rgb = api.decode_rgb(data, device=args.device, conceal=args.conceal, max_pixels=args.max_pixels)
     decode_s = time.perf_counter() - t0
-    for w in concealed:
-        if issubclass(w.category, ConcealedWarning):
-            print(f"codec: warning: {w.message}", file=sys.stderr)
+    _warn_concealed(concealed)
     out = encode_image(rgb, suffix)
     write_output(args.output, out)
     h, w = rgb.shape[:2]
@@ -179,12 +256,17 @@ def cmd_decode(args) -> None:
 
 def cmd_info(args) -> None:
     fields = describe(read_input(args.input))
-    fields["bpp"] = round(bpp(fields["bytes"], fields["width"], fields["height"]), 5)
+    frames = len(fields.get("frames", ())) or 1  # a video's bpp: bits over frames x pixels
+    fields["bpp"] = round(bpp(fields["bytes"], fields["width"], fields["height"]) / frames, 5)
     if args.json:
         print(json.dumps(fields))
         return
     for key, value in fields.items():
-        if key != "packets":
+        if key == "frames":
+            print(f"{key:15s} {len(value)}")
+            for f in value:
+                print(f"  frame {f['index']:5d} offset {f['offset']:8d}  length {f['length']:8d}")
+        elif key != "packets":
             print(f"{key:15s} {value}")
     print("packets")
     for p in fields["packets"]:
@@ -213,9 +295,10 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    e = sub.add_parser("encode", help="compress an image to a .bin", description="Compress an image "
-                       "(PNG, JPEG, WebP, ...) into a .bin file.")
-    e.add_argument("input", metavar="IN", help="image file, or - for stdin")
+    e = sub.add_parser("encode", help="compress an image or a video to a .bin", description="Compress an "
+                       "image (PNG, JPEG, WebP, ...) or a video (.mp4, .mkv, .avi, .y4m, .mov, .webm: every frame "
+                       "coded on its own, as an image) into a .bin file.")
+    e.add_argument("input", metavar="IN", help="image or video file, or - for an image on stdin")
     e.add_argument("output", metavar="OUT", help=".bin file to write, or - for stdout")
     e.add_argument("--model", default="hp", choices=["hp", "vq"],
                    help="hp: hyperprior, about 0.1-2 bpp; vq: vector-quantized, extreme low rates (default: hp)")
@@ -254,10 +337,11 @@ def build_parser() -> Parser:
     e.add_argument("--json", action="store_true", help="print one JSON object: bytes, bpp, psnr, times")
     e.set_defaults(func=cmd_encode)
 
-    d = sub.add_parser("decode", help="decode a .bin to an image", description="Decode a .bin file to "
-                       "an image (PNG unless OUT's extension names another format).")
+    d = sub.add_parser("decode", help="decode a .bin to an image or a video", description="Decode a .bin "
+                       "file to an image (PNG unless OUT's extension names another format), or a video's to "
+                       ".mkv (lossless FFV1), .y4m or PNG frames (OUT a pattern like frame%%04d.png).")
     d.add_argument("input", metavar="IN", help=".bin file, or - for stdin")
-    d.add_argument("output", metavar="OUT", help="image to write, or - for PNG on stdout")
+    d.add_argument("output", metavar="OUT", help="image or video to write, or - for an image as PNG on stdout")
     d.add_argument("--conceal", action="store_true",
                    help="decode past damaged, missing or unexpected packets, each reported as a warning, instead of "
                         "failing: vq restores lost indices with its index prior; hp predicts a lost latent packet from "

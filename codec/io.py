@@ -1,17 +1,24 @@
-"""Pixels in and out: the single loader and writer of images for the CLI, the tools and training."""
+"""Pixels in and out: the single loader and writer of images and videos for the CLI, the tools and
+training. Videos go through PyAV (FFmpeg)."""
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".y4m", ".mov", ".webm")
+# What a decoded video is written as, by the output's suffix: lossless FFV1 (8-bit RGB) in
+# Matroska, or raw 4:4:4 YUV in a y4m file; a name with a %d pattern gets one PNG per frame.
+VIDEO_WRITERS = {".mkv": ("matroska", "ffv1", "bgr0"), ".y4m": ("yuv4mpegpipe", "rawvideo", "yuv444p")}
 
 
 class ImageReadError(ValueError):
-    """The input is not an image we can read (missing, empty, or not a picture)."""
+    """The input is not an image or video we can read (missing, empty, or not a picture)."""
 
 
 def load_image(source: str | Path | bytes) -> np.ndarray:
@@ -49,3 +56,62 @@ def find_images(root: str | Path) -> list[Path]:
     """Every image file under root, recursively, in a stable order."""
     root = Path(root)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_video(path: str | Path) -> tuple[Iterator[np.ndarray], Fraction, int]:
+    """A video file -> (its frames as (H, W, 3) uint8 RGB, read as they are used; its frame rate;
+    its frame count as the container states it, 0 when it does not)."""
+    import av
+    try:
+        container = av.open(str(path))
+        stream = container.streams.video[0]
+    except (av.FFmpegError, IndexError, OSError) as e:
+        raise ImageReadError(f"{path} is not a readable video ({e})") from None
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+
+    def frames() -> Iterator[np.ndarray]:
+        with container:
+            try:
+                for frame in container.decode(stream):
+                    yield frame.to_ndarray(format="rgb24")
+            except av.FFmpegError as e:
+                raise ImageReadError(f"{path}: a frame cannot be decoded ({e})") from None
+
+    return frames(), Fraction(rate), stream.frames or 0
+
+
+def video_writer(name: str) -> tuple[str, str, str] | None:
+    """The (container format, codec, pixel format) an output name asks for; None for a PNG pattern;
+    ValueError for anything else."""
+    if "%" in name and Path(name).suffix.lower() == ".png":
+        try:
+            name % 0
+        except (TypeError, ValueError):
+            raise ValueError(f"{name!r} is not a frame pattern like frame%04d.png") from None
+        return None
+    try:
+        return VIDEO_WRITERS[Path(name).suffix.lower()]
+    except KeyError:
+        raise ValueError(f"a video decodes to .mkv (lossless FFV1), .y4m or PNG frames (a name like "
+                         f"frame%04d.png), not {name!r}") from None
+
+
+def encode_video(frames: Iterable[np.ndarray], rate: Fraction, writer: tuple[str, str, str]) -> bytes:
+    """RGB frames -> the bytes of a video file (`writer` from video_writer)."""
+    import av
+    fmt, codec, pix_fmt = writer
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as out:
+        stream = None
+        for rgb in frames:
+            if stream is None:
+                stream = out.add_stream(codec, rate=rate)
+                stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
+        if stream is not None:
+            out.mux(stream.encode())
+    return buf.getvalue()
