@@ -197,15 +197,15 @@ def cmd_decode_video(args, data: bytes) -> None:
     """A video .bin out to .mkv, .y4m or PNG frames (by OUT's name), with a frame counter on stderr."""
     from codec import api
     from codec.io import encode_image, encode_video, video_writer
-    try:
-        writer = video_writer(args.output)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as concealed:
         warnings.simplefilter("always", ConcealedWarning)
         header, rate, count, frames = api.decode_video(data, device=args.device, conceal=args.conceal,
-                                                       max_pixels=args.max_pixels)
+                                                       max_pixels=args.max_pixels)  # the file checked first
+        try:
+            writer = video_writer(args.output)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
         def counted():
             for i, rgb in enumerate(frames):
@@ -230,16 +230,23 @@ def cmd_decode_video(args, data: bytes) -> None:
 
 def cmd_decode(args) -> None:
     from codec import api
-    from codec.io import encode_image, image_format
+    from codec.io import encode_image, image_format, video_writer
 
-    data = read_input(args.input)
-    if read_header(data)[0].mode == "video":
-        return cmd_decode_video(args, data)
     suffix = "" if args.output == "-" else Path(args.output).suffix
     try:
         image_format(suffix)
+        as_image = True
     except ValueError as e:
-        raise UsageError(f"{e} for {args.output}") from None
+        try:
+            video_writer(args.output)
+        except ValueError:
+            raise UsageError(f"{e} for {args.output}") from None
+        as_image = False
+    data = read_input(args.input)
+    if read_header(data)[0].mode == "video":
+        return cmd_decode_video(args, data)
+    if not as_image:
+        raise UsageError(f"{args.input} holds an image: decode it to an image file (.png, .jpg, .webp, ...)")
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as concealed:
         warnings.simplefilter("always", ConcealedWarning)
