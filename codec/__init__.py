@@ -4,7 +4,7 @@
     data = codec.encode("photo.png", model="hp", quality=50)   # bytes of a .bin
     image = codec.decode(data)                                 # PIL.Image
     data = codec.encode_video(frames, rate)                    # a video: RGB frames, frames a second
-    header, rate, frames = codec.decode_video(data)
+    header, rate, count, frames = codec.decode_video(data)
 """
 __version__ = "0.4.0"
 __all__ = ["encode", "decode", "encode_video", "decode_video"]

@@ -32,6 +32,7 @@ RELEASE = tuple(int(v) for v in __version__.split("."))  # recorded in every fil
 # The default limit on an image's size, for encoding and decoding: a file's header is checked
 # against it before anything is allocated, so a small file cannot claim a huge image unasked.
 MAX_PIXELS = 1 << 25
+MAX_RATE_DENOMINATOR = 1 << 16  # a video's frame rate is kept as a fraction with at most this denominator
 QUALITY_RANGE = (0.0, 100.0)
 
 
@@ -228,6 +229,9 @@ def encode_video(frames, rate: Fraction, model: str = "hp", quality: float = 50,
     bytes of a video .bin. Intra only: every frame is coded as an image (encode's arguments), each
     decodable on its own; its packets are nested in one FRAME packet, after a VIDEO packet that holds
     the frame rate. progress(i) is called after frame i."""
+    rate = Fraction(rate).limit_denominator(MAX_RATE_DENOMINATOR)
+    if not 0 < rate.numerator < 1 << 31:
+        raise ValueError(f"the frame rate must be positive and under 2^31 frames a second, not {rate}")
     header, packets = None, []
     for i, rgb in enumerate(frames):
         if len(packets) == MAX_PACKETS - 1:
@@ -245,9 +249,13 @@ def encode_video(frames, rate: Fraction, model: str = "hp", quality: float = 50,
     if header is None:
         raise ImageReadError("the video has no frames")
     header.mode = "video"
-    rate = Fraction(rate).limit_denominator(1 << 16)
     video = Packet(PacketKind.VIDEO, 0, len(packets), varints(rate.numerator, rate.denominator))
     return bitstream.write(Container(header, [video, *packets]))
+
+
+def video_layout(frames: int) -> list[tuple[PacketKind, int, int]]:
+    """The packets of a video of n frames: the video packet, then a frame packet each."""
+    return [(PacketKind.VIDEO, 0, frames)] + [(PacketKind.FRAME, i, 1) for i in range(frames)]
 
 
 def decode_video(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None
@@ -261,18 +269,23 @@ def decode_video(data: bytes, device: str = "cpu", conceal: bool = False, max_pi
     if video is None or video.damaged or video.kind != PacketKind.VIDEO or video.first != 0:
         raise BitstreamError("the video packet (the frame rate) is missing or corrupt: the video cannot be decoded")
     numerator, denominator = read_varints(video.payload, 2, "the video packet")
-    if not (1 <= numerator and 1 <= denominator) or not 1 <= video.count < MAX_PACKETS:
+    if not (1 <= numerator < 1 << 31 and 1 <= denominator <= MAX_RATE_DENOMINATOR) or not 1 <= video.count < MAX_PACKETS:
         raise BitstreamError(f"corrupt video packet: {video.count} frames at {numerator}/{denominator} a second")
-    slots = expect_packets(container.packets[1:], [(PacketKind.FRAME, i, 1) for i in range(video.count)], conceal)
+    slots = expect_packets(container.packets, video_layout(video.count), conceal)[1:]
     net = model_of(header, device)
     image = dataclasses.replace(header, mode="image")
 
     def frames() -> Iterator[np.ndarray]:
         previous = np.full((header.height, header.width, 3), 128, np.uint8)
         for i, p in enumerate(slots):
-            if p is not None:
-                x_hat = net.decompress(unpack(p.payload, f"frame {i}"), image, conceal)
-                previous = to_rgb(x_hat, header.height, header.width)
+            try:
+                if p is not None:
+                    previous = to_rgb(net.decompress(unpack(p.payload, f"frame {i}"), image, conceal),
+                                      header.height, header.width)
+            except BitstreamError as e:
+                if not conceal:
+                    raise
+                warnings.warn(ConcealedWarning(f"frame {i}: {e}; the frame before repeated"), stacklevel=2)
             yield previous
 
     return header, Fraction(numerator, denominator), video.count, frames()
@@ -293,8 +306,7 @@ def damaged_packets(data: bytes) -> str:
         video = container.packets[0] if container.packets else None
         if video is None or video.damaged or video.kind != PacketKind.VIDEO or video.count >= MAX_PACKETS:
             return ""
-        layout = [(PacketKind.VIDEO, 0, video.count)] + [(PacketKind.FRAME, i, 1) for i in range(video.count)]
-        problems = match_packets(container.packets, layout)[1]
+        problems = match_packets(container.packets, video_layout(video.count))[1]
         return f"; {'; '.join(problems)} (--conceal repeats the frame before a lost one)" if problems else ""
     layout = net.layout(header)
     if header.roi:

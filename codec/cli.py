@@ -115,9 +115,9 @@ def cmd_encode_video(args) -> None:
     try:
         data = api.encode_video(frames, rate, model=args.model, quality=args.quality, codebook=args.codebook,
                                 depth=args.depth, device=args.device, max_pixels=args.max_pixels, progress=progress)
+    except (ImageReadError, BitstreamError):  # bad data: ValueErrors too, but exit 1
+        raise
     except ValueError as e:
-        if isinstance(e, ImageReadError):
-            raise
         raise UsageError(str(e)) from None
     finally:
         if not args.json:
@@ -196,7 +196,7 @@ def _warn_concealed(concealed) -> None:
 def cmd_decode_video(args, data: bytes) -> None:
     """A video .bin out to .mkv, .y4m or PNG frames (by OUT's name), with a frame counter on stderr."""
     from codec import api
-    from codec.io import encode_image, encode_video, video_writer
+    from codec.io import encode_image, video_writer, write_video
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as concealed:
         warnings.simplefilter("always", ConcealedWarning)
@@ -212,14 +212,22 @@ def cmd_decode_video(args, data: bytes) -> None:
                 if not args.json:
                     print(f"\rframe {i + 1}/{count}", end="", file=sys.stderr, flush=True)
                 yield rgb
+
+        written = []
+        try:
+            if writer is None:  # PNG frames, each renamed into place when complete
+                for i, rgb in enumerate(counted()):
+                    write_output(args.output % i, encode_image(rgb))
+                    written.append(Path(args.output % i))
+            else:
+                write_video(args.output, counted(), rate, writer)
+        except BaseException:
+            for path in written:  # a failure leaves no frame behind either
+                path.unlink(missing_ok=True)
+            raise
+        finally:
             if not args.json:
                 print(file=sys.stderr)
-
-        if writer is None:  # PNG frames, each renamed into place when complete
-            for i, rgb in enumerate(counted()):
-                write_output(args.output % i, encode_image(rgb))
-        else:
-            write_output(args.output, encode_video(counted(), rate, writer))
     _warn_concealed(concealed)
     w, h = header.width, header.height
     fields = {"input": args.input, "output": args.output, "width": w, "height": h, "frames": count,

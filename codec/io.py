@@ -3,6 +3,8 @@ training. Videos go through PyAV (FFmpeg)."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -100,18 +102,25 @@ def video_writer(name: str) -> tuple[str, str, str] | None:
                          f"frame%04d.png), not {name!r}") from None
 
 
-def encode_video(frames: Iterable[np.ndarray], rate: Fraction, writer: tuple[str, str, str]) -> bytes:
-    """RGB frames -> the bytes of a video file (`writer` from video_writer)."""
+def write_video(path: str | Path, frames: Iterable[np.ndarray], rate: Fraction, writer: tuple[str, str, str]) -> None:
+    """RGB frames -> a video file (`writer` from video_writer), written beside `path` and renamed
+    into place when complete: memory stays one frame's, and a failure leaves nothing behind."""
     import av
     fmt, codec, pix_fmt = writer
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as out:
-        stream = None
-        for rgb in frames:
-            if stream is None:
-                stream = out.add_stream(codec, rate=rate)
-                stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
-        if stream is not None:
-            out.mux(stream.encode())
-    return buf.getvalue()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        with av.open(tmp, "w", format=fmt) as out:
+            stream = None
+            for rgb in frames:
+                if stream is None:
+                    stream = out.add_stream(codec, rate=rate)
+                    stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)))
+            if stream is not None:
+                out.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

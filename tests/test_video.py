@@ -11,7 +11,7 @@ from bitstream import BitstreamError, Packet, PacketKind
 from bitstream.container import pack, unpack
 from codec import api
 from codec.cli import main
-from codec.io import encode_video, read_video
+from codec.io import read_video, write_video
 from codec.metrics import psnr
 
 
@@ -20,7 +20,7 @@ def clip(tmp_path_factory, sample_rgb):
     """Three 96x64 frames panning across the sample image, at 25 fps, as lossless FFV1 in .mkv."""
     frames = [np.ascontiguousarray(sample_rgb[40:104, 8 * i:8 * i + 96]) for i in range(3)]
     path = tmp_path_factory.mktemp("clip") / "clip.mkv"
-    path.write_bytes(encode_video(frames, Fraction(25), ("matroska", "ffv1", "bgr0")))
+    write_video(path, frames, Fraction(25), ("matroska", "ffv1", "bgr0"))
     return path, frames
 
 
@@ -67,7 +67,7 @@ def test_a_damaged_frame_is_named_or_concealed_by_the_frame_before(tmp_path, cli
     data[frame.offset + frame.length // 2] ^= 0xFF
     with pytest.raises(BitstreamError, match=r"packet 2 is corrupt.*the frame packet 2 \(covering 1\.\.1\) is missing"):
         api.decode_video(bytes(data))
-    with pytest.warns(bitstream.container.ConcealedWarning, match="frame packet 1 .* missing or corrupt"):
+    with pytest.warns(bitstream.container.ConcealedWarning, match="frame packet 2 .* missing or corrupt"):
         header, rate, count, decoded = api.decode_video(bytes(data), conceal=True)
         decoded = list(decoded)
     assert (count, rate, len(decoded)) == (3, 25, 3)
@@ -103,3 +103,17 @@ def test_nested_packets_round_trip_and_garbage_is_refused():
     for bad in (pack(packets)[:-1], pack(packets) + b"\x00", b"\x01\x06\x00\x00\x00", b"\x01\x63"):
         with pytest.raises(BitstreamError):
             unpack(bad, "frame 0")
+
+
+def test_an_unreadable_frame_is_concealed_and_a_failed_decode_leaves_no_frames(tmp_path, capsys, clip):
+    path, frames = clip
+    c = bitstream.read(api.encode_video(frames, Fraction(25), quality=20))
+    c.packets[3].payload = b"\x01\x63"  # frame 2 nests a packet of unknown kind (its CRC made valid)
+    (tmp_path / "v.bin").write_bytes(bitstream.write(c))
+    code, _, err = _run(capsys, "decode", tmp_path / "v.bin", tmp_path / "f%02d.png")
+    assert code == 1 and "unknown kind 99" in err and list(tmp_path.glob("f*.png")) == [], err
+    with pytest.warns(bitstream.container.ConcealedWarning, match="frame 2: .*the frame before repeated"):
+        decoded = list(api.decode_video(bitstream.write(c), conceal=True)[3])
+    assert np.array_equal(decoded[2], decoded[1])
+    with pytest.raises(ValueError, match="frame rate must be positive"):
+        api.encode_video(frames, Fraction(0))
