@@ -123,6 +123,15 @@ class _Reader:
         raise BitstreamError(f"malformed {name} in {self.what}")
 
 
+    def frame(self, check_kind=None) -> tuple[int, int, int, bytes]:
+        """_frame's fields: (kind, first, count, payload); check_kind(kind) may refuse the kind first."""
+        kind = self.u8()
+        if check_kind:
+            check_kind(kind)
+        first, count = self.varint(MAX_RANGE, "packet start"), self.varint(MAX_RANGE, "packet count")
+        return kind, first, count, self.take(self.varint(len(self.data), "packet length"))
+
+
 def header_bytes(h: Header) -> bytes:
     if h.family not in FAMILIES or h.mode not in MODES:
         raise ValueError(f"unknown family {h.family!r} or mode {h.mode!r}")
@@ -159,13 +168,14 @@ def write(c: Container) -> bytes:
     for p in c.packets:
         if p.payload is None:
             raise ValueError("cannot write a lost packet")
-        frame = bytearray([int(p.kind)])
-        _put_varint(frame, p.first)
-        _put_varint(frame, p.count)
-        _put_varint(frame, len(p.payload))
-        frame += p.payload
+        frame = _frame(p)
         out += frame + zlib.crc32(frame).to_bytes(4, "little")
     return bytes(out)
+
+
+def _frame(p: Packet) -> bytes:
+    """A packet's frame without its CRC: kind, first, count, payload length, payload."""
+    return bytes([int(p.kind)]) + varints(p.first, p.count, len(p.payload)) + p.payload
 
 
 def varints(*values: int) -> bytes:
@@ -187,26 +197,20 @@ def read_varints(payload: bytes, n: int, what: str, limit: int = MAX_RANGE) -> l
 def pack(packets: list[Packet]) -> bytes:
     """Packets -> a FRAME packet's payload: their count, then each as a frame without its CRC (the
     outer packet's CRC covers them)."""
-    out = bytearray()
-    _put_varint(out, len(packets))
-    for p in packets:
-        out.append(int(p.kind))
-        for value in (p.first, p.count, len(p.payload)):
-            _put_varint(out, value)
-        out += p.payload
-    return bytes(out)
+    return varints(len(packets)) + b"".join(map(_frame, packets))
 
 
 def unpack(payload: bytes, what: str) -> list[Packet]:
     """pack's inverse, checked: the packets nested in `what` (a FRAME packet's payload)."""
+    def nestable(kind: int) -> None:
+        if kind not in PacketKind._value2member_map_ or kind in (PacketKind.VIDEO, PacketKind.FRAME):
+            raise BitstreamError(f"corrupt {what}: a nested packet of unknown kind {kind}")
+
     r = _Reader(payload, what)
     packets = []
     for _ in range(r.varint(MAX_PACKETS, "packet count")):
-        kind = r.u8()
-        if kind not in PacketKind._value2member_map_ or kind in (PacketKind.VIDEO, PacketKind.FRAME):
-            raise BitstreamError(f"corrupt {what}: a nested packet of unknown kind {kind}")
-        first, count = r.varint(MAX_RANGE, "packet start"), r.varint(MAX_RANGE, "packet count")
-        packets.append(Packet(PacketKind(kind), first, count, r.take(r.varint(len(payload), "packet length"))))
+        kind, first, count, body = r.frame(nestable)
+        packets.append(Packet(PacketKind(kind), first, count, body))
     if r.pos != len(payload):
         raise BitstreamError(f"corrupt {what}: {len(payload) - r.pos} bytes after its last packet")
     return packets
@@ -261,11 +265,7 @@ def read(data: bytes, strict: bool = True) -> Container:
         r = _Reader(data, f"packet {i}")
         r.pos = pos
         try:
-            kind = r.u8()
-            first = r.varint(MAX_RANGE, "packet start")
-            span = r.varint(MAX_RANGE, "packet count")
-            length = r.varint(len(data), "packet length")
-            payload = r.take(length)
+            kind, first, span, payload = r.frame()
             crc = int.from_bytes(r.take(4), "little")
         except BitstreamError:
             if strict:

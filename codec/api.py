@@ -253,6 +253,13 @@ def encode_video(frames, rate: Fraction, model: str = "hp", quality: float = 50,
     return bitstream.write(Container(header, [video, *packets]))
 
 
+def video_packet(container: Container) -> Packet | None:
+    """A video file's first packet if it is an intact video packet of 1 .. MAX_PACKETS - 1 frames."""
+    video = container.packets[0] if container.packets else None
+    ok = video is not None and not video.damaged and (video.kind, video.first) == (PacketKind.VIDEO, 0)
+    return video if ok and 1 <= video.count < MAX_PACKETS else None
+
+
 def video_layout(frames: int) -> list[tuple[PacketKind, int, int]]:
     """The packets of a video of n frames: the video packet, then a frame packet each."""
     return [(PacketKind.VIDEO, 0, frames)] + [(PacketKind.FRAME, i, 1) for i in range(frames)]
@@ -261,15 +268,15 @@ def video_layout(frames: int) -> list[tuple[PacketKind, int, int]]:
 def decode_video(data: bytes, device: str = "cpu", conceal: bool = False, max_pixels: int | None = None
                  ) -> tuple[Header, Fraction, int, Iterator[np.ndarray]]:
     """The bytes of a video .bin -> (its header, its frame rate, its frame count, its frames as
-    (H, W, 3) uint8, each decoded as it is used). conceal: as decode_rgb's within a frame; a lost frame repeats the frame
-    before it (mid-grey for a first frame)."""
+    (H, W, 3) uint8, each decoded as it is used). conceal: as decode_rgb's within a frame; a lost
+    frame repeats the frame before it (mid-grey for a first frame)."""
     container = read_file(data, "video", conceal, max_pixels)
     header = container.header
-    video = container.packets[0] if container.packets else None
-    if video is None or video.damaged or video.kind != PacketKind.VIDEO or video.first != 0:
+    video = video_packet(container)
+    if video is None:
         raise BitstreamError("the video packet (the frame rate) is missing or corrupt: the video cannot be decoded")
     numerator, denominator = read_varints(video.payload, 2, "the video packet")
-    if not (1 <= numerator < 1 << 31 and 1 <= denominator <= MAX_RATE_DENOMINATOR) or not 1 <= video.count < MAX_PACKETS:
+    if not (1 <= numerator < 1 << 31 and 1 <= denominator <= MAX_RATE_DENOMINATOR):
         raise BitstreamError(f"corrupt video packet: {video.count} frames at {numerator}/{denominator} a second")
     slots = expect_packets(container.packets, video_layout(video.count), conceal)[1:]
     net = model_of(header, device)
@@ -303,8 +310,8 @@ def damaged_packets(data: bytes) -> str:
     except BitstreamError:
         return ""
     if header.mode == "video":
-        video = container.packets[0] if container.packets else None
-        if video is None or video.damaged or video.kind != PacketKind.VIDEO or video.count >= MAX_PACKETS:
+        video = video_packet(container)
+        if video is None:
             return ""
         problems = match_packets(container.packets, video_layout(video.count))[1]
         return f"; {'; '.join(problems)} (--conceal repeats the frame before a lost one)" if problems else ""
